@@ -1,0 +1,3 @@
+from simclrv2.cli import main
+
+raise SystemExit(main())
