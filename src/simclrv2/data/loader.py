@@ -1,0 +1,176 @@
+"""Deterministic, resumable, rank-sharded batches of uint8 images.
+
+One epoch's order is a function of (seed, epoch) only, drawn on a CPU generator, so every rank and every
+device sees the same permutation; each rank takes its slice of every *global* batch. Together these give:
+N ranks == 1 rank with the same global batch (the per-rank batches concatenate to the single-rank one),
+and exact resume mid-epoch (skip the first `start_batch` batches without reading them).
+
+In-memory data follows airbench (STYLE.md, lesson 12): the whole uint8 tensor lives on the device and
+batches are gathered with `index_select` there, with no DataLoader and no workers. Streaming data goes
+through a DataLoader whose batch sampler produces exactly the same per-rank index lists.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Sampler
+
+from simclrv2.data.datasets import ImageData
+
+
+def epoch_order(n: int, epoch: int, seed: int, shuffle: bool = True) -> Tensor:
+    """The order of the `n` samples in `epoch`: a permutation from a CPU generator, the same on every rank."""
+    if not shuffle:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+
+
+def shard_indices(order: Tensor, batch: int, batch_size: int, rank: int, world_size: int) -> Tensor:
+    """Rank `rank`'s rows of global batch `batch` of an epoch order: [rank*b, (rank+1)*b), b = B/world_size.
+
+    The last global batch may be partial (only with world_size 1, see BatchLoader).
+    """
+    local = batch_size // world_size
+    start = batch * batch_size + rank * local
+    return order[start : min(start + local, len(order))]
+
+
+class _ShardBatchSampler(Sampler[list[int]]):
+    """Yields this rank's index list of each global batch of one epoch; `epoch`/`start_batch` set per epoch.
+
+    The DataLoader iterates the batch sampler in the main process, so setting the attributes before each
+    `iter(loader)` takes effect even with persistent workers (like DistributedSampler.set_epoch).
+    It holds plain numbers, not the BatchLoader: a reference cycle would keep the DataLoader (and its
+    persistent workers) alive until the garbage collector runs, and a process exiting with live workers
+    waits seconds for them.
+    """
+
+    def __init__(
+        self, n: int, num_batches: int, batch_size: int, shuffle: bool, seed: int, rank: int, world_size: int
+    ) -> None:
+        super().__init__()
+        self.n, self.num_batches, self.batch_size = n, num_batches, batch_size
+        self.shuffle, self.seed, self.rank, self.world_size = shuffle, seed, rank, world_size
+        self.epoch = 0
+        self.start_batch = 0
+
+    def __len__(self) -> int:
+        return max(self.num_batches - self.start_batch, 0)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = epoch_order(self.n, self.epoch, self.seed, self.shuffle)
+        for i in range(self.start_batch, self.num_batches):
+            yield shard_indices(order, i, self.batch_size, self.rank, self.world_size).tolist()
+
+
+class BatchLoader:
+    """Yields global-batch shards for one rank, for in-memory or streaming data, in a deterministic order.
+
+    Args:
+        data: the split to iterate.
+        batch_size: the GLOBAL batch size (all ranks together); must be divisible by `world_size`.
+        device: where the batches are delivered (in-memory data is moved there once, here).
+        shuffle: a fresh permutation per epoch (`epoch_order`); else dataset order.
+        drop_last: drop the last partial global batch (training); without it the last batch is smaller
+            (evaluation; world_size 1 only for now).
+        seed: seed of the epoch permutations.
+        rank, world_size: this process's shard of every global batch: rows [rank*b, (rank+1)*b), b = B/world.
+        num_workers: decoding processes for streaming data (ignored for in-memory data).
+    """
+
+    def __init__(
+        self,
+        data: ImageData,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        shuffle: bool = True,
+        drop_last: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 2,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if world_size <= 0 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
+        if batch_size % world_size:
+            raise ValueError(
+                f"global batch_size {batch_size} is not divisible by world_size {world_size}; "
+                f"use a multiple of {world_size}"
+            )
+        if not drop_last and world_size > 1:
+            # Splitting a partial last batch evenly over ranks (and un-padding the results) is a later issue.
+            raise NotImplementedError("drop_last=False with world_size > 1 is a later issue")
+        if drop_last and len(data) < batch_size:
+            raise ValueError(
+                f"{data.name or 'dataset'} has {len(data)} images, fewer than one global batch of "
+                f"{batch_size} with drop_last: lower the batch size or use more data"
+            )
+        self.data = data
+        self.batch_size = batch_size
+        self.local_batch_size = batch_size // world_size
+        self.device = torch.device(device)
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+
+        self._images: Tensor | None = None
+        self._labels: Tensor | None = None
+        self._loader: DataLoader | None = None
+        if data.images is not None:
+            # Once, here: every later batch is an index_select on the device, no host-to-device copies.
+            self._images = data.images.to(self.device)
+            self._labels = data.labels.to(self.device)
+        else:
+            self._sampler = _ShardBatchSampler(
+                len(data), len(self), batch_size, shuffle, seed, rank, world_size
+            )
+            self._loader = DataLoader(
+                data.dataset,  # type: ignore[arg-type]  # ImageData guarantees it is set when images is None
+                batch_sampler=self._sampler,
+                num_workers=num_workers,
+                pin_memory=self.device.type == "cuda",
+                persistent_workers=num_workers > 0,  # no worker restart (and re-import) every epoch
+            )
+
+    def __len__(self) -> int:
+        """Global batches per epoch (the same on every rank)."""
+        n = len(self.data)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """(uint8 images, int64 labels) on the device: this rank's shard of each global batch of `epoch`.
+
+        `start_batch` skips the batches already done, for an exact resume mid-epoch; skipped batches are
+        never read. Streaming data supports one epoch iterator at a time.
+        """
+        if start_batch < 0:  # checked here, eagerly: this method is not itself a generator
+            raise ValueError(f"start_batch must be >= 0, got {start_batch}")
+        if self._loader is None:
+            return self._epoch_in_memory(epoch, start_batch)
+        return self._epoch_streaming(epoch, start_batch)
+
+    def _epoch_in_memory(self, epoch: int, start_batch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        assert self._images is not None and self._labels is not None
+        order = epoch_order(len(self.data), epoch, self.seed, self.shuffle).to(self.device)  # once per epoch
+        for i in range(start_batch, len(self)):
+            idx = shard_indices(order, i, self.batch_size, self.rank, self.world_size)
+            yield self._images.index_select(0, idx), self._labels.index_select(0, idx)
+
+    def _epoch_streaming(self, epoch: int, start_batch: int) -> Iterator[tuple[Tensor, Tensor]]:
+        assert self._loader is not None
+        self._sampler.epoch = epoch
+        self._sampler.start_batch = start_batch
+        non_blocking = self.device.type == "cuda"  # pinned host memory: the copy overlaps compute
+        for images, labels in self._loader:
+            yield (
+                images.to(self.device, non_blocking=non_blocking),
+                labels.to(self.device, dtype=torch.int64, non_blocking=non_blocking),
+            )
