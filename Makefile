@@ -1,0 +1,50 @@
+# make demo  - set up .venv and run the main job (SimCLRv2 on Fashion-MNIST, a few minutes on a CPU)
+# make test  - set up .venv and run lint (ruff), types (mypy) and the test suite (pytest)
+PYTHON ?= python3
+VENV ?= .venv
+# torch/torchvision versions the project is tested with; override for another platform, e.g.
+#   make test TORCH="torch torchvision --index-url https://download.pytorch.org/whl/cpu"
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+BIN = $(VENV)/bin
+DEMO_RUN ?= runs/demo/$(shell date +%Y%m%d-%H%M%S)
+
+.PHONY: setup data demo test lint pytest clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "simclrv2 needs Python >= 3.10"'
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { \
+	  echo "python3 venv module missing: installing python3-venv"; \
+	  apt-get update -q && apt-get install -y -q python3-venv; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# Fashion-MNIST from Debian's package when it is missing and apt is available (the code also finds it
+# under data/ or downloads it with --set data.download=true).
+data:
+	@if [ -d $(FMNIST_DIR) ]; then echo "Fashion-MNIST: $(FMNIST_DIR)"; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -q && apt-get install -y -q dataset-fashion-mnist; \
+	elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+	  sudo apt-get update -q && sudo apt-get install -y -q dataset-fashion-mnist; \
+	else echo "warning: cannot install dataset-fashion-mnist; put the IDX files under data/fashion-mnist/"; fi
+
+demo: setup data
+	$(BIN)/simclrv2 pretrain --config configs/fashion_mnist.yaml --set run_dir=$(DEMO_RUN)
+
+lint: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy
+
+pytest: setup data
+	$(BIN)/pytest
+
+test: lint pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

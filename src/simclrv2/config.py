@@ -1,0 +1,321 @@
+"""Configuration: one dataclass per stage, YAML in, ``--set key=value`` overrides, validated up front.
+
+Config is data (STYLE.md lesson 8): a stage receives a fully resolved, validated dataclass; the resolved
+config is written next to the results (``config.yaml``) and into every checkpoint. Unknown keys, wrong types
+and out-of-range values are rejected *before* any work starts, with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix; the message names the key and the fix."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "fashion-mnist"
+    """Dataset name: fashion-mnist, cifar10, cifar100, stl10, imagefolder, synthetic."""
+    root: str = "./data"
+    """Where datasets live (Fashion-MNIST is also found in /usr/share/datasets/fashion-mnist)."""
+    download: bool = False
+    """Download the dataset into ``root`` when it is missing (needs the network)."""
+    train_split: str = "train"
+    """Split used for pretraining (labels unused), e.g. ``train+unlabeled`` for STL-10."""
+    image_size: int | None = None
+    """Side of the training crop; None = the dataset's native size (28 Fashion-MNIST, 32 CIFAR, 96 STL-10)."""
+    load_size: int | None = None
+    """imagefolder only: images are decoded, resized and centre-cropped to this side before augmentation."""
+    num_workers: int = 2
+    """DataLoader workers for streamed datasets (in-memory datasets use none)."""
+    synthetic_size: int | None = None
+    """synthetic only: number of training images."""
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "r18_1x_sk0"
+    """``r{depth}_{width}x_sk{0|1}``, e.g. r50_1x_sk0, r152_3x_sk1, r18_0.5x_sk0 (SPEC section 1)."""
+    small_images: bool | None = None
+    """3x3 stride-1 stem, no max-pool (CIFAR-size images). None = on when the crop is <= 64 px."""
+    head_layers: int = 3
+    """Projection head depth (SPEC section 2; SimCLRv2 uses 3)."""
+    head_dim: int = 128
+    """Projection output dimension."""
+
+
+@dataclass
+class AugmentSettings:
+    color_strength: float = 0.5
+    """Colour distortion strength s (SPEC 5: 1.0 ImageNet, 0.5 CIFAR-size)."""
+    brightness_mode: str = "v2"
+    """v2 multiplies brightness (SimCLRv2), v1 adds."""
+    blur: bool | None = None
+    """Gaussian blur; None = on for crops larger than 32 px (SPEC 5)."""
+    crop_min_scale: float = 0.08
+    """Lower bound of the random-resized-crop area fraction."""
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "lars"
+    """lars (SPEC 4) or sgd (momentum SGD, same groups)."""
+    base_lr: float = 0.1
+    """Learning rate before scaling; peak LR = scale(base_lr, batch_size)."""
+    lr_scaling: str = "sqrt"
+    """sqrt (base * sqrt(B), SimCLRv2), linear (base * B / 256) or none."""
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    warmup_epochs: float = 10.0
+    """Linear warmup length in epochs (may be fractional); then cosine decay to zero."""
+
+
+@dataclass
+class EvalConfig:
+    knn_every_epochs: int = 1
+    """Run the kNN monitor every N epochs (and always at the end); 0 = only at the end."""
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    knn_train_limit: int | None = None
+    """Use at most this many training images as the kNN memory bank (None = all)."""
+    online_probe: bool = True
+    """Train a linear classifier on stop-gradient features during pretraining (TF2 does this)."""
+    batch_size: int = 512
+    """Batch size for feature extraction."""
+
+
+@dataclass
+class PretrainConfig:
+    """Stage 1: contrastive pretraining (SPEC sections 1-5)."""
+
+    run_dir: str = "runs/pretrain"
+    seed: int = 0
+    epochs: int = 100
+    batch_size: int = 512
+    """Global batch size (both views of each image count once)."""
+    temperature: float = 0.5
+    """NT-Xent temperature (0.1 ImageNet, 0.5 CIFAR-size; SPEC 3)."""
+    max_steps: int | None = None
+    """Stop after this many optimiser steps (smoke tests); the LR schedule still spans ``epochs``."""
+    device: str = "auto"
+    """auto (cuda if available), cpu, cuda, cuda:N."""
+    precision: str = "auto"
+    """auto (bf16 where the hardware runs it fast), bf16 or fp32."""
+    channels_last: bool = True
+    log_every_steps: int = 20
+    """Loss/LR/throughput logging period; the only host-device sync in the step loop."""
+    checkpoint_every_steps: int = 0
+    """Also checkpoint every N steps (0 = only at the end of each epoch)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentSettings = field(default_factory=AugmentSettings)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        _check_choice("data.name", self.data.name, DATASET_NAMES)
+        _check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
+        _check_choice("precision", self.precision, ("auto", "bf16", "fp32"))
+        _check_choice("optim.optimizer", self.optim.optimizer, ("lars", "sgd"))
+        _check_choice("optim.lr_scaling", self.optim.lr_scaling, ("sqrt", "linear", "none"))
+        _check_choice("augment.brightness_mode", self.augment.brightness_mode, ("v1", "v2"))
+        _check_positive("epochs", self.epochs)
+        _check_positive("batch_size", self.batch_size)
+        if self.batch_size < 2:
+            raise ConfigError("batch_size must be >= 2: NT-Xent needs negatives. Set --set batch_size=256.")
+        _check_positive("temperature", self.temperature)
+        _check_positive("optim.base_lr", self.optim.base_lr)
+        _check_nonnegative("optim.weight_decay", self.optim.weight_decay)
+        _check_range("optim.momentum", self.optim.momentum, 0.0, 1.0, hi_open=True)
+        _check_nonnegative("optim.warmup_epochs", self.optim.warmup_epochs)
+        _check_nonnegative("augment.color_strength", self.augment.color_strength)
+        _check_range("augment.crop_min_scale", self.augment.crop_min_scale, 0.0, 1.0, lo_open=True)
+        _check_positive("log_every_steps", self.log_every_steps)
+        _check_nonnegative("checkpoint_every_steps", self.checkpoint_every_steps)
+        _check_nonnegative("eval.knn_every_epochs", self.eval.knn_every_epochs)
+        _check_positive("eval.knn_k", self.eval.knn_k)
+        _check_positive("eval.knn_temperature", self.eval.knn_temperature)
+        _check_positive("eval.batch_size", self.eval.batch_size)
+        _check_nonnegative("model.head_layers", self.model.head_layers)
+        _check_positive("model.head_dim", self.model.head_dim)
+        _check_nonnegative("data.num_workers", self.data.num_workers)
+        for key in ("max_steps", "data.image_size", "data.load_size", "eval.knn_train_limit"):
+            value = get_key(self, key)
+            if value is not None:
+                _check_positive(key, value)
+        from simclrv2.models.registry import parse_backbone_name
+
+        try:
+            parse_backbone_name(self.model.backbone)
+        except ValueError as err:
+            raise ConfigError(f"model.backbone: {err}") from None
+
+
+DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic")
+
+C = TypeVar("C")
+
+
+def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}.")
+
+
+def _check_positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{key} must be > 0, got {value!r}.")
+
+
+def _check_nonnegative(key: str, value: float) -> None:
+    if not value >= 0:
+        raise ConfigError(f"{key} must be >= 0, got {value!r}.")
+
+
+def _check_range(
+    key: str, value: float, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False
+) -> None:
+    ok_lo = value > lo if lo_open else value >= lo
+    ok_hi = value < hi if hi_open else value <= hi
+    if not (ok_lo and ok_hi):
+        lb, rb = ("(" if lo_open else "["), (")" if hi_open else "]")
+        raise ConfigError(f"{key} must be in {lb}{lo}, {hi}{rb}, got {value!r}.")
+
+
+# --- dict <-> dataclass with type checking --------------------------------------------------------------
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}.")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}.")
+        return from_dict(tp, value, prefix=f"{key}.")  # type: ignore[arg-type]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML (YAML 1.1) reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - only the types above are used in configs
+        raise TypeError(f"unsupported config annotation {tp!r} for {key}")
+    name = getattr(tp, "__name__", str(tp))
+    raise ConfigError(f"{key}: expected {name}, got {value!r} ({type(value).__name__}).")
+
+
+def from_dict(cls: type[C], values: Mapping[str, Any], prefix: str = "") -> C:
+    """Build dataclass ``cls`` from a (nested) mapping; unknown keys and wrong types raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]!s}; valid keys here: "
+            + ", ".join(prefix + n for n in sorted(names))
+        )
+    kwargs = {k: _coerce(prefix + k, v, hints[k]) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def get_key(config: Any, dotted: str) -> Any:
+    obj = config
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """``["optim.base_lr=0.3", "epochs=5"]`` -> nested dict; values are parsed as YAML scalars."""
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. --set epochs=10")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"override {item!r} has an empty key")
+        value = yaml.safe_load(raw) if raw.strip() else None
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override of {part}")
+        node[parts[-1]] = value
+    return nested
+
+
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequence[str] = ()) -> C:
+    """Defaults <- YAML file <- ``--set`` overrides, then ``validate()``; any problem raises ConfigError."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (see configs/ for examples)")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        if not isinstance(loaded, Mapping):
+            raise ConfigError(
+                f"config file {path} must hold a mapping of settings, got {type(loaded).__name__}"
+            )
+        values = dict(loaded)
+    values = _deep_merge(values, parse_overrides(overrides))
+    config = from_dict(cls, values)
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        validate()
+    return config
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

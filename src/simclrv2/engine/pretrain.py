@@ -1,0 +1,371 @@
+"""Stage 1: contrastive pretraining (SPEC sections 1-5).
+
+Data flows one way: config -> dataset (uint8, on the device when small) -> batched augmentation (two views)
+-> backbone + 3-layer projection head on both views in one pass -> NT-Xent -> LARS with warmup + cosine
+-> atomic checkpoint -> kNN monitor. Labels are never used by the contrastive loss; they only feed the
+optional online linear probe on stop-gradient features and the kNN monitor.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from simclrv2 import distributed
+from simclrv2.checkpoint import (
+    CHECKPOINT_FORMAT,
+    atomic_save,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+    unwrap,
+)
+from simclrv2.config import ConfigError, PretrainConfig, save_config, to_dict
+from simclrv2.data import AugmentConfig, BatchLoader, ImageData, load_dataset, two_views
+from simclrv2.engine.evaluate import knn_accuracy
+from simclrv2.engine.runtime import (
+    MetricsLogger,
+    autocast,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+    step_generator,
+)
+from simclrv2.losses import nt_xent
+from simclrv2.models import Classifier, ProjectionHead, SimCLRModel, create_backbone
+from simclrv2.optim import LARS, param_groups, scale_learning_rate, set_learning_rate, warmup_cosine
+
+STAGE = "pretrain"
+CHECKPOINT_NAME = "last.pt"
+
+
+class TrainingInterrupted(RuntimeError):
+    pass
+
+
+class PretrainModule(nn.Module):
+    """The SimCLR model plus the optional online linear probe (trained on detached h)."""
+
+    def __init__(self, model: SimCLRModel, num_classes: int | None) -> None:
+        super().__init__()
+        self.model = model
+        self.classifier = Classifier(model.backbone.num_features, num_classes) if num_classes else None
+
+
+@dataclass
+class PretrainSetup:
+    """Everything derived from the config before the first step (so errors surface before work)."""
+
+    config: PretrainConfig
+    device: torch.device
+    precision: str
+    train: ImageData
+    test: ImageData | None
+    augment: AugmentConfig
+    small_images: bool
+    loader: BatchLoader
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    peak_lr: float
+
+
+def build_simclr_model(config: PretrainConfig, small_images: bool) -> SimCLRModel:
+    backbone = create_backbone(config.model.backbone, small_images=small_images)
+    head = ProjectionHead(
+        backbone.num_features, num_layers=config.model.head_layers, out_dim=config.model.head_dim
+    )
+    return SimCLRModel(backbone, head)
+
+
+def prepare(config: PretrainConfig) -> PretrainSetup:
+    """Resolve the device, read the data and derive the schedule; raises before any training."""
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    data_kwargs: dict[str, Any] = dict(
+        root=config.data.root,
+        download=config.data.download,
+        seed=config.seed,
+        image_size=config.data.load_size,
+    )
+    train = load_dataset(
+        config.data.name, config.data.train_split, synthetic_size=config.data.synthetic_size, **data_kwargs
+    )
+    try:
+        test: ImageData | None = load_dataset(config.data.name, "test", **data_kwargs)
+    except (FileNotFoundError, ValueError):
+        test = None  # e.g. an image folder without a test split: no kNN monitor
+    native = train.image_shape[-1]
+    crop = config.data.image_size or native
+    small = config.model.small_images if config.model.small_images is not None else crop <= 64
+    blur = config.augment.blur if config.augment.blur is not None else crop > 32
+    augment = AugmentConfig(
+        crop_size=crop,
+        crop_scale=(config.augment.crop_min_scale, 1.0),
+        color_strength=config.augment.color_strength,
+        brightness_mode=config.augment.brightness_mode,
+        blur=blur,
+    )
+    loader = BatchLoader(
+        train,
+        batch_size=config.batch_size,
+        device=device,
+        shuffle=True,
+        drop_last=True,
+        seed=config.seed,
+        rank=distributed.get_rank(),
+        world_size=distributed.get_world_size(),
+        num_workers=config.data.num_workers,
+    )
+    steps_per_epoch = len(loader)
+    total_steps = steps_per_epoch * config.epochs
+    warmup_steps = round(config.optim.warmup_epochs * steps_per_epoch)
+    if warmup_steps >= total_steps:
+        raise ConfigError(
+            f"optim.warmup_epochs={config.optim.warmup_epochs} is not shorter than the run "
+            f"(epochs={config.epochs}); set e.g. --set optim.warmup_epochs={config.epochs * 0.05:g} "
+            "(5% of the epochs, as in the paper)."
+        )
+    peak_lr = scale_learning_rate(config.optim.base_lr, config.batch_size, config.optim.lr_scaling)
+    return PretrainSetup(
+        config, device, precision, train, test, augment, small, loader, steps_per_epoch, total_steps,
+        warmup_steps, peak_lr,
+    )  # fmt: skip
+
+
+def build_optimizer(module: nn.Module, config: PretrainConfig, lr: float) -> torch.optim.Optimizer:
+    groups = param_groups(module, weight_decay=config.optim.weight_decay)
+    if config.optim.optimizer == "lars":
+        return LARS(groups, lr=lr, momentum=config.optim.momentum, weight_decay=config.optim.weight_decay)
+    for group in groups:  # momentum SGD honours the same "no weight decay" decisions
+        group["weight_decay"] = config.optim.weight_decay if group.get("weight_decay_enabled", True) else 0.0
+    return torch.optim.SGD(groups, lr=lr, momentum=config.optim.momentum)
+
+
+def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Run (or resume) contrastive pretraining; returns the final metrics (also in ``results.json``)."""
+    setup = prepare(config)
+    run_dir = Path(config.run_dir)
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    if ckpt_path.exists() and not resume:
+        raise FileExistsError(
+            f"{ckpt_path} already exists: pass --resume to continue that run, or choose another run_dir "
+            f"(--set run_dir=...). Nothing was overwritten."
+        )
+    if resume and not ckpt_path.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}; start without --resume")
+    if distributed.is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+
+    seed_everything(config.seed)
+    device = setup.device
+    num_classes = len(setup.train.classes) if config.eval.online_probe and setup.train.classes else None
+    module = PretrainModule(build_simclr_model(config, setup.small_images), num_classes).to(device)
+    if config.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    module.model = distributed.convert_sync_batchnorm(module.model)  # type: ignore[assignment]
+    optimizer = build_optimizer(module, config, setup.peak_lr)
+
+    step = 0
+    if resume:
+        ckpt = load_checkpoint(ckpt_path, stage=STAGE)
+        module.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+        step = int(ckpt["step"])
+
+    logger = MetricsLogger(run_dir)
+    trainer = _Trainer(setup, module, optimizer, logger)
+    try:
+        results = trainer.run(start_step=step)
+    finally:
+        logger.close()
+    if distributed.is_main_process():
+        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+class _Trainer:
+    def __init__(
+        self,
+        setup: PretrainSetup,
+        module: PretrainModule,
+        optimizer: torch.optim.Optimizer,
+        logger: MetricsLogger,
+    ) -> None:
+        self.s = setup
+        self.c = setup.config
+        self.module = module
+        self.optimizer = optimizer
+        self.logger = logger
+        self.run_dir = Path(self.c.run_dir)
+        self.last_knn: dict[str, float] = {}
+        self.knn_step = -1
+        self.last_loss = float("nan")
+
+    def save(self, step: int) -> None:
+        if not distributed.is_main_process():
+            return
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "stage": STAGE,
+            "config": to_dict(self.c),
+            "small_images": self.s.small_images,
+            "model": unwrap(self.module).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": step,
+            "epoch": step // self.s.steps_per_epoch,
+            "rng": rng_state(),
+            "knn": self.last_knn,
+        }
+        atomic_save(state, self.run_dir / CHECKPOINT_NAME)
+
+    def train_step(self, images: Tensor, labels: Tensor, step: int) -> tuple[Tensor, Tensor | None]:
+        s, c = self.s, self.c
+        lr = warmup_cosine(step, s.total_steps, s.warmup_steps, s.peak_lr)
+        set_learning_rate(self.optimizer, lr)
+        gen = step_generator(s.device, c.seed, step, distributed.get_rank())
+        view_a, view_b = two_views(images, s.augment, gen)
+        x = torch.cat([view_a, view_b])
+        if c.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(s.device, s.precision):
+            outputs = self.module.model(x)
+        z = outputs[-1]
+        n = view_a.shape[0]
+        loss = nt_xent(z[:n], z[n:], c.temperature)  # similarity/softmax in fp32 inside
+        # nt_xent is the mean over the 2N anchors (the paper's Algorithm 1, the value we log). The official
+        # code optimises the *sum* of the two directions (2x that); with LARS the loss scale is not absorbed
+        # by the learning rate (it shifts the balance against weight decay), so we optimise the TF-scaled
+        # loss and the paper's LR/weight-decay settings carry over unchanged (SPEC 3 and 4).
+        total = 2.0 * loss
+        probe_loss = None
+        if self.module.classifier is not None:
+            with autocast(s.device, s.precision):
+                logits = self.module.classifier(outputs[0].detach())
+            probe_loss = F.cross_entropy(logits.float(), labels.repeat(2), ignore_index=-1)
+            total = total + probe_loss
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        return loss.detach(), None if probe_loss is None else probe_loss.detach()
+
+    def evaluate(self, step: int) -> None:
+        s, c = self.s, self.c
+        if s.test is None or not distributed.is_main_process():
+            return
+        t0 = time.time()
+        self.knn_step = step
+        self.last_knn = knn_accuracy(
+            self.module.model.backbone,
+            s.train,
+            s.test,
+            s.device,
+            precision=s.precision,
+            k=c.eval.knn_k,
+            temperature=c.eval.knn_temperature,
+            batch_size=c.eval.batch_size,
+            train_limit=c.eval.knn_train_limit,
+            crop_size=s.augment.crop_size,
+            channels_last=c.channels_last,
+        )
+        self.logger.log(
+            step, knn_top1=self.last_knn["top1"], knn_top5=self.last_knn["top5"], knn_seconds=time.time() - t0
+        )
+        tqdm.write(f"step {step}: kNN top-1 {self.last_knn['top1']:.2f}% top-5 {self.last_knn['top5']:.2f}%")
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _log_window(
+        self, step: int, epoch: int, loss_sum: Tensor, probe_sum: Tensor, steps: int, start: float
+    ) -> float:
+        """Log the mean loss of the last ``steps`` steps (the one host sync per period); stop on NaN/Inf."""
+        mean_loss = loss_sum.item() / steps
+        ips = steps * self.c.batch_size / max(time.time() - start, 1e-9)
+        if not math.isfinite(mean_loss):
+            ckpt = self.run_dir / CHECKPOINT_NAME
+            raise FloatingPointError(
+                f"loss became {mean_loss} at step {step} (lr {self.lr:.4g}); last good checkpoint: "
+                f"{ckpt if ckpt.exists() else 'none'}. Try a lower optim.base_lr or precision=fp32."
+            )
+        metrics: dict[str, float] = {"loss": mean_loss, "lr": self.lr, "images_per_sec": ips, "epoch": epoch}
+        if self.module.classifier is not None:
+            metrics["probe_loss"] = probe_sum.item() / steps
+        self.logger.log(step, **metrics)
+        self.last_loss = mean_loss
+        return ips
+
+    def run(self, start_step: int) -> dict[str, Any]:
+        s, c = self.s, self.c
+        stop_at = s.total_steps if c.max_steps is None else min(s.total_steps, c.max_steps)
+        step = start_step
+        bar = tqdm(
+            total=stop_at,
+            initial=step,
+            desc="pretrain",
+            unit="step",
+            disable=not distributed.is_main_process(),
+        )
+        loss_sum = torch.zeros((), device=s.device)
+        probe_sum = torch.zeros((), device=s.device)
+        window_steps, window_start = 0, time.time()
+        train_time, train_images = 0.0, 0
+        wall_start = time.time()
+        self.module.train()
+        while step < stop_at:
+            epoch, start_batch = divmod(step, s.steps_per_epoch)
+            for images, labels in s.loader.epoch(epoch, start_batch=start_batch):
+                loss, probe = self.train_step(images, labels, step)
+                loss_sum += loss
+                if probe is not None:
+                    probe_sum += probe
+                step += 1
+                window_steps += 1
+                bar.update(1)
+                if step % c.log_every_steps == 0 or step == stop_at:
+                    ips = self._log_window(step, epoch, loss_sum, probe_sum, window_steps, window_start)
+                    train_time += time.time() - window_start
+                    train_images += window_steps * c.batch_size
+                    bar.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{self.lr:.3g}", img_s=f"{ips:.0f}")
+                    loss_sum.zero_()
+                    probe_sum.zero_()
+                    window_steps, window_start = 0, time.time()
+                if c.checkpoint_every_steps and step % c.checkpoint_every_steps == 0:
+                    self.save(step)
+                if step == stop_at:
+                    break
+            epoch_done = step % s.steps_per_epoch == 0
+            if epoch_done:
+                finished_epoch = step // s.steps_per_epoch
+                every = c.eval.knn_every_epochs
+                if (every and finished_epoch % every == 0) or step == s.total_steps:
+                    self.evaluate(step)
+                    window_start = time.time()  # kNN time is not training throughput
+            self.save(step)
+        bar.close()
+        if self.knn_step != step and s.test is not None:
+            self.evaluate(step)
+            self.save(step)
+        return {
+            "stage": STAGE,
+            "step": step,
+            "total_steps": s.total_steps,
+            "knn": self.last_knn,
+            "images_per_sec": train_images / train_time if train_time else None,
+            "wall_seconds": time.time() - wall_start,
+            "precision": s.precision,
+            "device": str(s.device),
+            "checkpoint": str(self.run_dir / CHECKPOINT_NAME),
+        }
