@@ -1,5 +1,6 @@
-"""Losses: NT-Xent for contrastive pretraining (SPEC.md section 3)."""
+"""Losses: NT-Xent for contrastive pretraining (SPEC.md section 3), distillation (section 6)."""
 
+from simclrv2.losses.distill import distillation_loss
 from simclrv2.losses.nt_xent import NTXentLoss, nt_xent
 
-__all__ = ["NTXentLoss", "nt_xent"]
+__all__ = ["NTXentLoss", "distillation_loss", "nt_xent"]
