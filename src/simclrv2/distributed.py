@@ -2,7 +2,8 @@
 
 Everything here degrades to the single-process answer when ``torch.distributed`` is unavailable
 or not initialised (rank 0, world size 1, gathers are the identity), so training code can call
-these functions unconditionally. Process-group initialisation (torchrun) lives elsewhere.
+these functions unconditionally. :func:`init_from_env` starts the process group from torchrun's
+environment and does nothing in a single process.
 
 The one function that matters for correctness is :func:`gather_with_grad`: SimCLR's negatives
 come from every device and the gradient must flow back to the rank that produced each row
@@ -11,6 +12,7 @@ come from every device and the gradient must flow back to the rank that produced
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -24,9 +26,26 @@ __all__ = [
     "gather_with_grad",
     "get_rank",
     "get_world_size",
+    "init_from_env",
     "is_distributed",
     "is_main_process",
 ]
+
+
+def init_from_env(device_type: str) -> bool:
+    """Initialise the default process group from torchrun's environment; False in a single process.
+
+    torchrun (or SLURM + torchrun) sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT.
+    Backend: NCCL for CUDA, gloo for CPU. Each CUDA rank uses the GPU ``LOCAL_RANK``.
+    """
+    if is_distributed():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if device_type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return True
 
 
 def is_distributed() -> bool:

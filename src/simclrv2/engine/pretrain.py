@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -31,10 +31,11 @@ from simclrv2.checkpoint import (
 )
 from simclrv2.config import ConfigError, PretrainConfig, save_config, to_dict
 from simclrv2.data import AugmentConfig, BatchLoader, ImageData, load_dataset, two_views
-from simclrv2.engine.evaluate import knn_accuracy
+from simclrv2.engine.evaluate import extract_features, knn_classify, topk_accuracy
 from simclrv2.engine.runtime import (
     MetricsLogger,
     autocast,
+    device_type,
     resolve_device,
     resolve_precision,
     seed_everything,
@@ -53,12 +54,20 @@ class TrainingInterrupted(RuntimeError):
 
 
 class PretrainModule(nn.Module):
-    """The SimCLR model plus the optional online linear probe (trained on detached h)."""
+    """The SimCLR model plus the optional online linear probe (trained on detached h).
+
+    One ``forward`` for both, so that a DDP wrapper sees every parameter used in its forward.
+    """
 
     def __init__(self, model: SimCLRModel, num_classes: int | None) -> None:
         super().__init__()
         self.model = model
         self.classifier = Classifier(model.backbone.num_features, num_classes) if num_classes else None
+
+    def forward(self, x: Tensor) -> tuple[list[Tensor], Tensor | None]:
+        outputs = self.model(x)
+        logits = None if self.classifier is None else self.classifier(outputs[0].detach())
+        return outputs, logits
 
 
 @dataclass
@@ -152,8 +161,21 @@ def build_optimizer(module: nn.Module, config: PretrainConfig, lr: float) -> tor
 
 
 def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) contrastive pretraining; returns the final metrics (also in ``results.json``)."""
+    """Run (or resume) contrastive pretraining; returns the final metrics (also in ``results.json``).
+
+    Under torchrun every rank runs this function: the process group comes from the environment, each rank
+    trains on its shard of every global batch, BatchNorms become SyncBatchNorm (global BN, SPEC 3), and
+    rank 0 alone evaluates and writes.
+    """
+    distributed.init_from_env(device_type(config.device))
     setup = prepare(config)
+    if distributed.get_world_size() > 1 and setup.device.type != "cuda":
+        # Global BN is required (SPEC 3) and torch's SyncBatchNorm runs on GPUs only; a gloo global BN
+        # for CPUs is the distributed issue's work. Refuse rather than silently train with per-device BN.
+        raise ConfigError(
+            "multi-process pretraining on CPU is not supported yet (global BatchNorm needs GPUs); "
+            "run one process on the CPU, or use CUDA GPUs with torchrun."
+        )
     run_dir = Path(config.run_dir)
     ckpt_path = run_dir / CHECKPOINT_NAME
     if ckpt_path.exists() and not resume:
@@ -184,8 +206,12 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
         set_rng_state(ckpt["rng"])
         step = int(ckpt["step"])
 
+    train_module: nn.Module = module
+    if distributed.get_world_size() > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        train_module = nn.parallel.DistributedDataParallel(module, device_ids=ids)
     logger = MetricsLogger(run_dir)
-    trainer = _Trainer(setup, module, optimizer, logger)
+    trainer = _Trainer(setup, train_module, optimizer, logger)
     try:
         results = trainer.run(start_step=step)
     finally:
@@ -195,11 +221,51 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     return results
 
 
+def contrastive_step(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    view_a: Tensor,
+    view_b: Tensor,
+    labels: Tensor,
+    temperature: float,
+    device: torch.device,
+    precision: str,
+    channels_last: bool = True,
+) -> tuple[Tensor, Tensor | None]:
+    """One pretraining step on this rank's views: both views in one forward pass (BN statistics over both,
+    as in the official code), NT-Xent with negatives from all ranks, the probe loss, backward, step.
+
+    ``module`` is a :class:`PretrainModule`, DDP-wrapped under torchrun. Returns the detached NT-Xent and
+    probe losses (no host sync).
+    """
+    x = torch.cat([view_a, view_b])
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(device, precision):
+        outputs, logits = module(x)
+    z = outputs[-1]
+    n = view_a.shape[0]
+    loss = nt_xent(z[:n], z[n:], temperature)  # similarity/softmax in fp32 inside
+    # nt_xent is the mean over the 2N anchors (the paper's Algorithm 1, the value we log). The official
+    # code optimises the *sum* of the two directions (2x that); with LARS the loss scale is not absorbed
+    # by the learning rate (it shifts the balance against weight decay), so we optimise the TF-scaled
+    # loss and the paper's LR/weight-decay settings carry over unchanged (SPEC 3 and 4).
+    total = 2.0 * loss
+    probe_loss = None
+    if logits is not None:
+        probe_loss = F.cross_entropy(logits.float(), labels.repeat(2), ignore_index=-1)
+        total = total + probe_loss
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    return loss.detach(), None if probe_loss is None else probe_loss.detach()
+
+
 class _Trainer:
     def __init__(
         self,
         setup: PretrainSetup,
-        module: PretrainModule,
+        module: nn.Module,
         optimizer: torch.optim.Optimizer,
         logger: MetricsLogger,
     ) -> None:
@@ -210,6 +276,7 @@ class _Trainer:
         self.logger = logger
         self.run_dir = Path(self.c.run_dir)
         self.last_knn: dict[str, float] = {}
+        self.last_probe: dict[str, float] = {}
         self.knn_step = -1
         self.last_loss = float("nan")
 
@@ -231,58 +298,63 @@ class _Trainer:
         atomic_save(state, self.run_dir / CHECKPOINT_NAME)
 
     def train_step(self, images: Tensor, labels: Tensor, step: int) -> tuple[Tensor, Tensor | None]:
+        """Set the LR for ``step``, draw this rank's two views of its shard, and take one step."""
         s, c = self.s, self.c
-        lr = warmup_cosine(step, s.total_steps, s.warmup_steps, s.peak_lr)
-        set_learning_rate(self.optimizer, lr)
+        set_learning_rate(self.optimizer, warmup_cosine(step, s.total_steps, s.warmup_steps, s.peak_lr))
         gen = step_generator(s.device, c.seed, step, distributed.get_rank())
         view_a, view_b = two_views(images, s.augment, gen)
-        x = torch.cat([view_a, view_b])
-        if c.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(s.device, s.precision):
-            outputs = self.module.model(x)
-        z = outputs[-1]
-        n = view_a.shape[0]
-        loss = nt_xent(z[:n], z[n:], c.temperature)  # similarity/softmax in fp32 inside
-        # nt_xent is the mean over the 2N anchors (the paper's Algorithm 1, the value we log). The official
-        # code optimises the *sum* of the two directions (2x that); with LARS the loss scale is not absorbed
-        # by the learning rate (it shifts the balance against weight decay), so we optimise the TF-scaled
-        # loss and the paper's LR/weight-decay settings carry over unchanged (SPEC 3 and 4).
-        total = 2.0 * loss
-        probe_loss = None
-        if self.module.classifier is not None:
-            with autocast(s.device, s.precision):
-                logits = self.module.classifier(outputs[0].detach())
-            probe_loss = F.cross_entropy(logits.float(), labels.repeat(2), ignore_index=-1)
-            total = total + probe_loss
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
-        return loss.detach(), None if probe_loss is None else probe_loss.detach()
+        return self.step_on_views(view_a, view_b, labels)
+
+    def step_on_views(self, view_a: Tensor, view_b: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | None]:
+        s, c = self.s, self.c
+        return contrastive_step(
+            self.module,
+            self.optimizer,
+            view_a,
+            view_b,
+            labels,
+            c.temperature,
+            s.device,
+            s.precision,
+            c.channels_last,
+        )
 
     def evaluate(self, step: int) -> None:
+        """kNN top-1/top-5 on the test split (and the online probe's accuracy on the same features)."""
         s, c = self.s, self.c
         if s.test is None or not distributed.is_main_process():
             return
         t0 = time.time()
         self.knn_step = step
-        self.last_knn = knn_accuracy(
-            self.module.model.backbone,
-            s.train,
-            s.test,
-            s.device,
+        plain = cast(PretrainModule, unwrap(self.module))
+        backbone = plain.model.backbone
+        kwargs: dict[str, Any] = dict(
+            device=s.device,
             precision=s.precision,
-            k=c.eval.knn_k,
-            temperature=c.eval.knn_temperature,
             batch_size=c.eval.batch_size,
-            train_limit=c.eval.knn_train_limit,
             crop_size=s.augment.crop_size,
             channels_last=c.channels_last,
         )
-        self.logger.log(
-            step, knn_top1=self.last_knn["top1"], knn_top5=self.last_knn["top5"], knn_seconds=time.time() - t0
+        train_f, train_l = extract_features(
+            backbone, s.train, limit=c.eval.knn_train_limit, desc="kNN bank", **kwargs
         )
-        tqdm.write(f"step {step}: kNN top-1 {self.last_knn['top1']:.2f}% top-5 {self.last_knn['top5']:.2f}%")
+        test_f, test_l = extract_features(backbone, s.test, desc="kNN test", **kwargs)
+        num_classes = len(s.test.classes)
+        scores = knn_classify(
+            train_f, train_l, test_f, num_classes, k=c.eval.knn_k, temperature=c.eval.knn_temperature
+        )
+        self.last_knn = topk_accuracy(scores, test_l)
+        metrics = {"knn_top1": self.last_knn["top1"], "knn_top5": self.last_knn["top5"]}
+        message = f"step {step}: kNN top-1 {self.last_knn['top1']:.2f}% top-5 {self.last_knn['top5']:.2f}%"
+        classifier = plain.classifier
+        if classifier is not None and classifier.out_features == num_classes:
+            with torch.no_grad():
+                probe = topk_accuracy(classifier(test_f).float(), test_l)
+            self.last_probe = probe
+            metrics["probe_top1"] = probe["top1"]
+            message += f", online linear probe top-1 {probe['top1']:.2f}%"
+        self.logger.log(step, **metrics, eval_seconds=time.time() - t0)
+        tqdm.write(message)
 
     @property
     def lr(self) -> float:
@@ -301,7 +373,7 @@ class _Trainer:
                 f"{ckpt if ckpt.exists() else 'none'}. Try a lower optim.base_lr or precision=fp32."
             )
         metrics: dict[str, float] = {"loss": mean_loss, "lr": self.lr, "images_per_sec": ips, "epoch": epoch}
-        if self.module.classifier is not None:
+        if unwrap(self.module).classifier is not None:
             metrics["probe_loss"] = probe_sum.item() / steps
         self.logger.log(step, **metrics)
         self.last_loss = mean_loss
@@ -363,6 +435,7 @@ class _Trainer:
             "step": step,
             "total_steps": s.total_steps,
             "knn": self.last_knn,
+            "online_probe": self.last_probe,
             "images_per_sec": train_images / train_time if train_time else None,
             "wall_seconds": time.time() - wall_start,
             "precision": s.precision,

@@ -18,11 +18,20 @@ from simclrv2 import distributed
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when available; ``cuda`` without a GPU is a clear error."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device=cuda was requested but no CUDA GPU is visible; use --set device=cpu")
+    if device.type == "cuda" and device.index is None and distributed.is_distributed():
+        device = torch.device("cuda", torch.cuda.current_device())  # set from LOCAL_RANK at init
     return device
+
+
+def device_type(name: str) -> str:
+    """``cpu`` or ``cuda`` for a device setting, without touching the GPU."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name).type
 
 
 def cpu_has_fast_bf16() -> bool:
