@@ -84,3 +84,22 @@ def test_existing_run_is_not_overwritten_and_bad_input_fails_before_work(
     err = capsys.readouterr().err
     assert "4096" in err and "96" in err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "flags"),
+    [
+        ("finetune", ("--pretrained", "--labels", "--from-layer", "--resume")),
+        ("linear-eval", ("--pretrained", "--labels")),
+        ("knn", ("--pretrained", "--labels")),
+        ("supervised", ("--labels", "--model", "--resume")),
+    ],
+)
+def test_stage_two_commands_have_help(
+    command: str, flags: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert all(flag in out for flag in (*flags, "--config", "--set"))

@@ -161,6 +161,174 @@ class PretrainConfig:
             raise ConfigError(f"model.backbone: {err}") from None
 
 
+def _finetune_optim() -> OptimConfig:
+    # SPEC 4: LARS, 0.005 * sqrt(B) for R50 1x (0.002 * sqrt(B) for wider/SK nets), no wd, no warmup.
+    return OptimConfig(
+        optimizer="lars", base_lr=0.005, lr_scaling="sqrt", weight_decay=0.0, warmup_epochs=0.0
+    )
+
+
+def _supervised_optim() -> OptimConfig:
+    # SPEC 4: supervised baseline, SGD momentum 0.9, LR 0.1 * B / 256, wd 1e-4, cosine.
+    return OptimConfig(
+        optimizer="sgd", base_lr=0.1, lr_scaling="linear", weight_decay=1e-4, warmup_epochs=0.0
+    )
+
+
+@dataclass
+class FinetuneConfig:
+    """Stage 2: fine-tune the pretrained network from head layer k on a labeled subset (SPEC 2, 4)."""
+
+    run_dir: str = "runs/finetune"
+    seed: int = 0
+    pretrained: str = ""
+    """Pretraining checkpoint (``last.pt`` of a pretrain run); backbone and head come from its config."""
+    labels: str = "10%"
+    """Labeled subset: 1%, 10%, 100%, N/class, or a subset file (one image file name per line)."""
+    label_index_file: str | None = None
+    """Where the chosen indices live (default run_dir/label_indices.txt); loaded if it exists, so several
+    stages can share one subset."""
+    from_layer: int = 1
+    """Fine-tune from head layer k: 0 = h (drop the head), 1 = SimCLRv2 default, -1 = z (SPEC 2)."""
+    epochs: int | None = None
+    """None = the paper's rule: 60 epochs below 10% labels, 30 from 10% up (SPEC 4)."""
+    batch_size: int = 256
+    """Clamped to the labeled subset size when that is smaller (said in the log)."""
+    max_steps: int | None = None
+    """Stop after this many steps (smoke tests); the schedule still spans ``epochs``."""
+    crop_min_scale: float = 0.08
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    log_every_steps: int = 20
+    eval_batch_size: int = 512
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=_finetune_optim)
+
+    def validate(self) -> None:
+        if not self.pretrained:
+            raise ConfigError("pretrained: give the pretraining checkpoint, e.g. --pretrained runs/x/last.pt")
+        _validate_classify(self)
+        if self.from_layer < -1:
+            raise ConfigError(f"from_layer must be -1 (z) or >= 0, got {self.from_layer}.")
+
+
+@dataclass
+class SupervisedConfig:
+    """Baseline: the same backbone trained from scratch on the labeled subset only (SPEC 4)."""
+
+    run_dir: str = "runs/supervised"
+    seed: int = 0
+    labels: str = "10%"
+    label_index_file: str | None = None
+    """As in fine-tuning; point it at a fine-tune run's label_indices.txt to use the same labels."""
+    backbone: str = "r18_1x_sk0"
+    small_images: bool | None = None
+    """None = small-image stem when the crop is <= 64 px (as in pretraining)."""
+    epochs: int | None = None
+    """None = the fine-tuning rule: 60 epochs below 10% labels, 30 from 10% up."""
+    batch_size: int = 256
+    max_steps: int | None = None
+    crop_min_scale: float = 0.08
+    lr_grid: list[float] = field(default_factory=lambda: [0.3, 1.0, 3.0])
+    """Multipliers of the scaled base LR tried on the validation split; the best one is retrained on all
+    labels."""
+    val_fraction: float = 0.1
+    """Class-balanced part of the labeled subset held out for the LR choice (never the test split)."""
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    log_every_steps: int = 20
+    eval_batch_size: int = 512
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=_supervised_optim)
+
+    def validate(self) -> None:
+        _validate_classify(self)
+        if not self.lr_grid or any(not m > 0 for m in self.lr_grid):
+            raise ConfigError(
+                f"lr_grid must be a non-empty list of positive multipliers, got {self.lr_grid}."
+            )
+        _check_range("val_fraction", self.val_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
+        from simclrv2.models.registry import parse_backbone_name
+
+        try:
+            parse_backbone_name(self.backbone)
+        except ValueError as err:
+            raise ConfigError(f"backbone: {err}") from None
+
+
+@dataclass
+class LinearEvalConfig:
+    """Linear evaluation and kNN on frozen backbone features h (SPEC 4)."""
+
+    run_dir: str = "runs/linear_eval"
+    seed: int = 0
+    pretrained: str = ""
+    labels: str = "100%"
+    """Train the linear classifier on this labeled subset of the training split."""
+    label_index_file: str | None = None
+    l2_grid: list[float] = field(default_factory=lambda: [1e-6, 1e-5, 1e-4, 1e-3, 1e-2])
+    """L2 strengths tried for the logistic regression; the best on the validation split is refit on all."""
+    val_fraction: float = 0.1
+    max_iter: int = 100
+    """L-BFGS iterations per fit."""
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    eval_batch_size: int = 512
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def validate(self) -> None:
+        if not self.pretrained:
+            raise ConfigError("pretrained: give the pretraining checkpoint, e.g. --pretrained runs/x/last.pt")
+        _check_choice("data.name", self.data.name, DATASET_NAMES)
+        _check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
+        _check_choice("precision", self.precision, ("auto", "bf16", "fp32"))
+        _check_label_spec(self.labels)
+        if not self.l2_grid or any(not v >= 0 for v in self.l2_grid):
+            raise ConfigError(f"l2_grid must be a non-empty list of values >= 0, got {self.l2_grid}.")
+        _check_range("val_fraction", self.val_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
+        _check_positive("max_iter", self.max_iter)
+        _check_positive("knn_k", self.knn_k)
+        _check_positive("knn_temperature", self.knn_temperature)
+        _check_positive("eval_batch_size", self.eval_batch_size)
+
+
+def _check_label_spec(labels: str) -> None:
+    from simclrv2.data.subsets import parse_label_spec
+
+    if Path(labels).is_file():
+        return  # a subset file (one image file name per line)
+    try:
+        parse_label_spec(labels)
+    except ValueError as err:
+        raise ConfigError(f"labels: {err} (or a path to a subset file)") from None
+
+
+def _validate_classify(c: Any) -> None:
+    _check_choice("data.name", c.data.name, DATASET_NAMES)
+    _check_choice("device", c.device.split(":")[0], ("auto", "cpu", "cuda"))
+    _check_choice("precision", c.precision, ("auto", "bf16", "fp32"))
+    _check_choice("optim.optimizer", c.optim.optimizer, ("lars", "sgd"))
+    _check_choice("optim.lr_scaling", c.optim.lr_scaling, ("sqrt", "linear", "none"))
+    _check_label_spec(c.labels)
+    _check_positive("batch_size", c.batch_size)
+    _check_positive("optim.base_lr", c.optim.base_lr)
+    _check_nonnegative("optim.weight_decay", c.optim.weight_decay)
+    _check_range("optim.momentum", c.optim.momentum, 0.0, 1.0, hi_open=True)
+    _check_nonnegative("optim.warmup_epochs", c.optim.warmup_epochs)
+    _check_range("crop_min_scale", c.crop_min_scale, 0.0, 1.0, lo_open=True)
+    _check_positive("log_every_steps", c.log_every_steps)
+    _check_positive("eval_batch_size", c.eval_batch_size)
+    for key in ("epochs", "max_steps", "data.image_size"):
+        value = get_key(c, key)
+        if value is not None:
+            _check_positive(key, value)
+
+
 DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic")
 
 C = TypeVar("C")
@@ -210,6 +378,13 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}.")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            value = [value]  # --set lr_grid=1.0 means a one-element grid
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r} ({type(value).__name__}).")
+        return [_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping of settings, got {value!r}.")

@@ -1,0 +1,409 @@
+"""The shared train loop of the classification-like stages: fine-tuning, supervised baseline, distillation.
+
+One :class:`ClassifierTrainer` owns what those stages have in common: crop + flip augmentation drawn from a
+per-step generator (SPEC 5: crop and flip only; resume is exact because augmentation is a pure function of the
+step), warmup + cosine LR per step, LARS or momentum SGD over :func:`param_groups` (the classifier excluded
+from LARS and weight decay), progress bar, metrics, one host sync per log period, NaN stop, an atomic
+checkpoint per epoch, exact ``--resume``, and the final test evaluation (top-1/top-5/per-class accuracy,
+``eval.json``, ``predictions.json``, ``results.json``).
+
+The loss is pluggable: pass ``loss_fn(model, images, labels, step) -> scalar`` (e.g. distillation against a
+frozen teacher on the same augmented images), or subclass and override :meth:`ClassifierTrainer.loss`.
+The default is cross-entropy on ``model(images)``. ``loss_fn`` runs under the stage's autocast: cast logits
+with ``.float()`` before softmax/log-softmax. ``labels`` may be -1 for unlabeled images (custom losses only).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from simclrv2.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    atomic_save,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+    unwrap,
+)
+from simclrv2.config import ConfigError, save_config
+from simclrv2.data import BatchLoader, ImageData, center_crop, crop_flip
+from simclrv2.engine.evaluate import topk_accuracy
+from simclrv2.engine.runtime import MetricsLogger, autocast, eval_mode, step_generator
+from simclrv2.optim import LARS, param_groups, set_learning_rate, warmup_cosine
+
+__all__ = [
+    "CHECKPOINT_NAME",
+    "ClassifierTrainer",
+    "LossFn",
+    "TrainSettings",
+    "check_run_dir",
+    "classification_metrics",
+    "evaluate_classifier",
+    "make_optimizer",
+    "predict_logits",
+    "write_predictions",
+]
+
+CHECKPOINT_NAME = "last.pt"
+
+LossFn = Callable[[nn.Module, Tensor, Tensor, int], Tensor]
+"""``(model, augmented float images, labels, step) -> scalar loss``."""
+
+
+@dataclass
+class TrainSettings:
+    """Everything the loop needs, resolved by the stage (so errors surface before work)."""
+
+    stage: str
+    run_dir: Path
+    seed: int
+    device: torch.device
+    precision: str
+    batch_size: int
+    epochs: int
+    peak_lr: float
+    optimizer: str = "lars"
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    warmup_epochs: float = 0.0
+    max_steps: int | None = None
+    crop_size: int = 32
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    channels_last: bool = True
+    log_every_steps: int = 20
+    eval_batch_size: int = 512
+    config: Any = None
+    """The stage's config dataclass: saved as config.yaml and into every checkpoint."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Stored in every checkpoint (e.g. the architecture, so a later stage can rebuild the model)."""
+    write_config: bool = True
+    show_progress: bool = True
+
+
+def make_optimizer(
+    model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float
+) -> torch.optim.Optimizer:
+    """LARS (SPEC 4) or momentum SGD over :func:`param_groups` (BN, biases and classifier: no LARS, no wd)."""
+    groups = param_groups(model, weight_decay=weight_decay)
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name != "sgd":
+        raise ValueError(f"unknown optimizer {name!r}; expected lars or sgd")
+    for group in groups:
+        group["weight_decay"] = weight_decay if group.get("weight_decay_enabled", True) else 0.0
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+
+
+def check_run_dir(run_dir: str | Path, resume: bool) -> None:
+    """Refuse to start over an existing run (before any work or file is written)."""
+    path = Path(run_dir) / CHECKPOINT_NAME
+    if path.exists() and not resume:
+        raise FileExistsError(
+            f"{path} already exists: pass --resume to continue that run, or choose another run_dir "
+            "(--set run_dir=...). Nothing was overwritten."
+        )
+    if resume and not path.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint at {path}; start without --resume")
+
+
+# --- evaluation -----------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    data: ImageData,
+    device: torch.device,
+    precision: str = "fp32",
+    batch_size: int = 512,
+    crop_size: int | None = None,
+    channels_last: bool = True,
+    desc: str = "predict",
+    show_progress: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """(float32 logits (N, C), labels (N,)) of ``data`` in dataset order, model in eval mode, centre crop."""
+    crop = crop_size or data.image_shape[-1]
+    loader = BatchLoader(data, batch_size=batch_size, device=device, shuffle=False, drop_last=False)
+    logits, labels = [], []
+    with eval_mode(model):
+        for images, targets in tqdm(loader.epoch(0), total=len(loader), desc=desc, leave=False,
+                                    disable=not show_progress):  # fmt: skip
+            x = center_crop(images, crop)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, precision):
+                out = model(x)
+            logits.append(out.float())
+            labels.append(targets)
+    return torch.cat(logits).cpu(), torch.cat(labels).cpu()
+
+
+def classification_metrics(
+    logits: Tensor, labels: Tensor, classes: list[str] | None = None
+) -> dict[str, Any]:
+    """Top-1/top-5 (percent), per-class accuracy (percent, by class name) and the count."""
+    metrics: dict[str, Any] = dict(topk_accuracy(logits, labels))
+    pred = logits.argmax(dim=1)
+    num_classes = logits.shape[1]
+    names = classes if classes and len(classes) == num_classes else [str(i) for i in range(num_classes)]
+    per_class = {}
+    for c in range(num_classes):
+        mask = labels == c
+        if mask.any():
+            per_class[names[c]] = 100.0 * (pred[mask] == c).double().mean().item()
+    metrics["per_class"] = per_class
+    metrics["num_images"] = len(labels)
+    return metrics
+
+
+def evaluate_classifier(
+    model: nn.Module,
+    data: ImageData,
+    device: torch.device,
+    precision: str = "fp32",
+    batch_size: int = 512,
+    crop_size: int | None = None,
+    channels_last: bool = True,
+) -> dict[str, Any]:
+    """Top-1, top-5 and per-class accuracy (percent) of ``model`` on ``data`` (eval mode, centre crop)."""
+    logits, labels = predict_logits(model, data, device, precision, batch_size, crop_size, channels_last)
+    return classification_metrics(logits, labels, data.classes)
+
+
+def write_predictions(path: Path, logits: Tensor, labels: Tensor, classes: list[str]) -> None:
+    """``predictions.json``: predicted and true label and the predicted probability of every test image,
+    in dataset order (for confusion matrices and sample grids)."""
+    prob = logits.softmax(dim=1)
+    conf, pred = prob.max(dim=1)
+    payload = {
+        "classes": classes,
+        "label": labels.tolist(),
+        "pred": pred.tolist(),
+        "prob": [round(v, 4) for v in conf.tolist()],
+    }
+    path.write_text(json.dumps(payload))
+
+
+# --- the trainer ----------------------------------------------------------------------------------------
+
+
+class ClassifierTrainer:
+    """Train ``model`` on ``train`` (labels may be unused by a custom loss), then evaluate on ``test``.
+
+    ``run()`` refuses to overwrite an existing ``run_dir/last.pt`` unless ``resume`` is True, and resumes
+    exactly (model, optimiser, RNG, the step; the data order and augmentation are functions of the step).
+    """
+
+    def __init__(
+        self,
+        settings: TrainSettings,
+        model: nn.Module,
+        train: ImageData,
+        test: ImageData | None,
+        loss_fn: LossFn | None = None,
+    ) -> None:
+        self.s = settings
+        self.model = model
+        self.train = train
+        self.test = test
+        self.loss_fn = loss_fn
+        self.run_dir = Path(settings.run_dir)
+        self.loader = BatchLoader(
+            train,
+            batch_size=settings.batch_size,
+            device=settings.device,
+            shuffle=True,
+            drop_last=True,
+            seed=settings.seed,
+        )
+        self.steps_per_epoch = len(self.loader)
+        self.total_steps = self.steps_per_epoch * settings.epochs
+        self.warmup_steps = round(settings.warmup_epochs * self.steps_per_epoch)
+        if self.warmup_steps >= self.total_steps:
+            raise ConfigError(
+                f"optim.warmup_epochs={settings.warmup_epochs} is not shorter than the run "
+                f"(epochs={settings.epochs}); lower it (fine-tuning uses 0)."
+            )
+        self.optimizer = make_optimizer(
+            model, settings.optimizer, settings.peak_lr, settings.momentum, settings.weight_decay
+        )
+        self.last_loss = float("nan")
+
+    # -- pieces a subclass may override ------------------------------------------------------------------
+
+    def loss(self, images: Tensor, labels: Tensor, step: int) -> Tensor:
+        """Scalar training loss on one augmented batch; cross-entropy unless a ``loss_fn`` was given."""
+        with autocast(self.s.device, self.s.precision):
+            if self.loss_fn is not None:
+                return self.loss_fn(self.model, images, labels, step)
+            logits = self.model(images)
+        return F.cross_entropy(logits.float(), labels)
+
+    def augment(self, images: Tensor, step: int) -> Tensor:
+        gen = step_generator(self.s.device, self.s.seed, step)
+        x = crop_flip(images, self.s.crop_size, gen, crop_scale=self.s.crop_scale)
+        if self.s.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT_NAME
+
+    def save(self, step: int) -> None:
+        from simclrv2.config import to_dict
+
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "stage": self.s.stage,
+            "config": to_dict(self.s.config) if self.s.config is not None else {},
+            **self.s.extra,
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": step,
+            "epoch": step // self.steps_per_epoch,
+            "total_steps": self.total_steps,
+            "rng": rng_state(),
+        }
+        atomic_save(state, self.checkpoint_path)
+
+    def _start(self, resume: bool) -> int:
+        path = self.checkpoint_path
+        check_run_dir(self.run_dir, resume)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.s.config is not None and self.s.write_config:
+            save_config(self.s.config, self.run_dir / "config.yaml")
+        if not resume:
+            return 0
+        ckpt = load_checkpoint(path, stage=self.s.stage)
+        if ckpt.get("total_steps", self.total_steps) != self.total_steps:
+            raise CheckpointError(
+                f"{path} was a run of {ckpt['total_steps']} steps, this config gives {self.total_steps}: "
+                "resume with the same epochs, batch size and labels"
+            )
+        unwrap(self.model).load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+        return int(ckpt["step"])
+
+    # -- the loop ----------------------------------------------------------------------------------------
+
+    @property
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def train_step(self, images: Tensor, labels: Tensor, step: int) -> Tensor:
+        lr = warmup_cosine(step, self.total_steps, self.warmup_steps, self.s.peak_lr)
+        set_learning_rate(self.optimizer, lr)
+        loss = self.loss(self.augment(images, step), labels, step)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def _log(
+        self, logger: MetricsLogger, step: int, epoch: int, loss_sum: Tensor, n: int, t0: float
+    ) -> float:
+        mean = loss_sum.item() / n  # the one host-device sync per log period
+        ips = n * self.s.batch_size / max(time.time() - t0, 1e-9)
+        if not math.isfinite(mean):
+            raise FloatingPointError(
+                f"{self.s.stage}: loss became {mean} at step {step} (lr {self.lr:.4g}); "
+                f"last good checkpoint: {self.checkpoint_path if self.checkpoint_path.exists() else 'none'}. "
+                "Try a lower optim.base_lr or precision=fp32."
+            )
+        logger.log(step, loss=mean, lr=self.lr, images_per_sec=ips, epoch=epoch)
+        self.last_loss = mean
+        return ips
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train to the end (or ``max_steps``); returns training stats. Checkpoints every epoch."""
+        s = self.s
+        step = self._start(resume)
+        stop_at = self.total_steps if s.max_steps is None else min(self.total_steps, s.max_steps)
+        logger = MetricsLogger(self.run_dir)
+        bar = tqdm(total=stop_at, initial=step, desc=s.stage, unit="step", disable=not s.show_progress)
+        loss_sum = torch.zeros((), device=s.device)
+        window, t0 = 0, time.time()
+        train_time, train_images = 0.0, 0
+        wall = time.time()
+        self.model.train()
+        try:
+            while step < stop_at:
+                epoch, start_batch = divmod(step, self.steps_per_epoch)
+                for images, labels in self.loader.epoch(epoch, start_batch=start_batch):
+                    loss_sum += self.train_step(images, labels, step)
+                    step += 1
+                    window += 1
+                    bar.update(1)
+                    if step % s.log_every_steps == 0 or step == stop_at:
+                        ips = self._log(logger, step, epoch, loss_sum, window, t0)
+                        train_time += time.time() - t0
+                        train_images += window * s.batch_size
+                        bar.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{self.lr:.3g}", img_s=f"{ips:.0f}")
+                        loss_sum.zero_()
+                        window, t0 = 0, time.time()
+                    if step == stop_at:
+                        break
+                self.save(step)
+        finally:
+            bar.close()
+            logger.close()
+        return {
+            "step": step,
+            "total_steps": self.total_steps,
+            "steps_per_epoch": self.steps_per_epoch,
+            "final_loss": self.last_loss,
+            "images_per_sec": train_images / train_time if train_time else None,
+            "train_seconds": time.time() - wall,
+        }
+
+    def evaluate(self, write: bool = True) -> dict[str, Any]:
+        """Top-1/top-5/per-class on the test split; writes eval.json and predictions.json."""
+        if self.test is None:
+            return {}
+        s = self.s
+        logits, labels = predict_logits(
+            self.model, self.test, s.device, s.precision, s.eval_batch_size, s.crop_size, s.channels_last,
+            show_progress=s.show_progress,
+        )  # fmt: skip
+        metrics = classification_metrics(logits, labels, self.test.classes)
+        if write:
+            (self.run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
+            write_predictions(self.run_dir / "predictions.json", logits, labels, self.test.classes)
+        return metrics
+
+    def run(self, resume: bool = False, extra_results: dict[str, Any] | None = None) -> dict[str, Any]:
+        """``fit`` then ``evaluate``; writes ``results.json`` and returns it."""
+        stats = self.fit(resume)
+        metrics = self.evaluate()
+        results = {
+            "stage": self.s.stage,
+            **(extra_results or {}),
+            **stats,
+            "test": {k: v for k, v in metrics.items() if k != "per_class"},
+            "precision": self.s.precision,
+            "device": str(self.s.device),
+            "batch_size": self.s.batch_size,
+            "epochs": self.s.epochs,
+            "peak_lr": self.s.peak_lr,
+            "checkpoint": str(self.checkpoint_path),
+        }
+        if metrics:
+            tqdm.write(f"{self.s.stage}: test top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}%")
+        (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        return results

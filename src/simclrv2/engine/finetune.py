@@ -1,0 +1,156 @@
+"""Stage 2: fine-tune the pretrained network from projection-head layer k on a labeled subset (SPEC 2, 4).
+
+Pretrained backbone + head layers 1..k + a new zero-initialised classifier, all trained with LARS
+(0.005·√B, no weight decay, no warmup), crop + flip only, 60 epochs below 10% labels and 30 from 10% up.
+The architecture comes from the pretraining checkpoint; the labeled subset is drawn once and saved in the run
+directory (``label_indices.txt``) so the supervised baseline and linear evaluation can reuse it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from simclrv2.checkpoint import CheckpointError, load_checkpoint
+from simclrv2.config import FinetuneConfig
+from simclrv2.data import ImageData, load_dataset
+from simclrv2.data.subsets import default_epochs, labeled_subset
+from simclrv2.engine.classify import ClassifierTrainer, TrainSettings, check_run_dir
+from simclrv2.engine.runtime import resolve_device, resolve_precision, seed_everything
+from simclrv2.models import FineTuneModel, ProjectionHead, create_backbone, load_pretrained_into
+from simclrv2.optim import scale_learning_rate
+
+__all__ = ["build_model_from_checkpoint", "finetune", "load_split_pair", "model_arch"]
+
+STAGE = "finetune"
+
+
+def load_split_pair(data_cfg: Any, seed: int) -> tuple[ImageData, ImageData | None]:
+    """The labeled training split (``data.train_split``) and the test split (None when there is none)."""
+    kwargs: dict[str, Any] = dict(
+        root=data_cfg.root, download=data_cfg.download, seed=seed, image_size=data_cfg.load_size
+    )
+    train = load_dataset(
+        data_cfg.name, data_cfg.train_split, synthetic_size=data_cfg.synthetic_size, **kwargs
+    )
+    try:
+        test: ImageData | None = load_dataset(data_cfg.name, "test", **kwargs)
+    except (FileNotFoundError, ValueError):
+        test = None
+    return train, test
+
+
+def model_arch(
+    backbone: str, small_images: bool, head_layers: int, head_dim: int, from_layer: int, num_classes: int
+) -> dict[str, Any]:
+    """What :func:`build_model_from_checkpoint` needs; stored as ``arch`` in every classifier checkpoint."""
+    return {
+        "backbone": backbone,
+        "small_images": small_images,
+        "head_layers": head_layers,
+        "head_dim": head_dim,
+        "from_layer": from_layer,
+        "num_classes": num_classes,
+    }
+
+
+def build_model(arch: dict[str, Any]) -> FineTuneModel:
+    backbone = create_backbone(arch["backbone"], small_images=arch["small_images"])
+    head = None
+    if arch["head_layers"] > 0:
+        head = ProjectionHead(backbone.num_features, num_layers=arch["head_layers"], out_dim=arch["head_dim"])
+    return FineTuneModel(backbone, head, arch["from_layer"], arch["num_classes"])
+
+
+def build_model_from_checkpoint(ckpt: dict[str, Any] | str | Path) -> FineTuneModel:
+    """Rebuild a fine-tuned (or supervised) model with its weights from a classifier checkpoint.
+
+    Used by distillation to load the teacher. The state dict must match exactly.
+    """
+    if not isinstance(ckpt, dict):
+        ckpt = load_checkpoint(ckpt)
+    if "arch" not in ckpt:
+        raise CheckpointError(
+            f"a {ckpt.get('stage')!r} checkpoint has no 'arch' entry: "
+            "expected a finetune or supervised checkpoint"
+        )
+    model = build_model(ckpt["arch"])
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
+def finetune(config: FinetuneConfig, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    """Fine-tune from ``config.pretrained`` on the labeled subset; returns (and writes) ``results.json``."""
+    run_dir = Path(config.run_dir)
+    check_run_dir(run_dir, resume)
+    pre = load_checkpoint(config.pretrained, stage="pretrain")
+    pconf = pre["config"]["model"]
+    small = bool(pre["small_images"])
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    seed_everything(config.seed)
+
+    train_full, test = load_split_pair(config.data, config.seed)
+    index_file = config.label_index_file or run_dir / "label_indices.txt"
+    train, how = labeled_subset(train_full, config.labels, config.seed, index_file)
+    fraction = len(train) / len(train_full)
+    epochs = config.epochs or default_epochs(config.labels, len(train), len(train_full))
+    batch = min(config.batch_size, len(train))
+    say = tqdm.write if show_progress else (lambda _msg: None)
+    say(
+        f"finetune: {len(train)} labeled images ({fraction:.2%} of {len(train_full)}; {how}), {epochs} epochs"
+    )
+    if batch < config.batch_size:
+        say(f"finetune: batch_size {config.batch_size} > {len(train)} labeled images: using batch {batch}")
+
+    num_classes = len(train_full.classes)
+    arch = model_arch(
+        pconf["backbone"], small, pconf["head_layers"], pconf["head_dim"], config.from_layer, num_classes
+    )
+    model = build_model(arch)
+    dropped = load_pretrained_into(model, pre["model"])
+    say(f"finetune: from head layer {config.from_layer}; pretrained keys not used: {len(dropped)}")
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    crop = config.data.image_size or train.image_shape[-1]
+    peak_lr = scale_learning_rate(config.optim.base_lr, batch, config.optim.lr_scaling)
+    settings = TrainSettings(
+        stage=STAGE,
+        run_dir=run_dir,
+        seed=config.seed,
+        device=device,
+        precision=precision,
+        batch_size=batch,
+        epochs=epochs,
+        peak_lr=peak_lr,
+        optimizer=config.optim.optimizer,
+        momentum=config.optim.momentum,
+        weight_decay=config.optim.weight_decay,
+        warmup_epochs=config.optim.warmup_epochs,
+        max_steps=config.max_steps,
+        crop_size=crop,
+        crop_scale=(config.crop_min_scale, 1.0),
+        channels_last=config.channels_last,
+        log_every_steps=config.log_every_steps,
+        eval_batch_size=config.eval_batch_size,
+        config=config,
+        extra={"arch": arch, "label_index_file": str(index_file), "num_labeled": len(train)},
+        show_progress=show_progress,
+    )
+    trainer = ClassifierTrainer(settings, model, train, test)
+    return trainer.run(
+        resume,
+        extra_results={
+            "pretrained": str(config.pretrained),
+            "from_layer": config.from_layer,
+            "labels": config.labels,
+            "num_labeled": len(train),
+            "label_fraction": fraction,
+            "label_index_file": str(index_file),
+        },
+    )

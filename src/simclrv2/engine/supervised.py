@@ -1,0 +1,136 @@
+"""Supervised baseline: the same backbone trained from scratch on the labeled subset only (SPEC 4).
+
+Backbone (small-image stem chosen as in pretraining) + a zero-initialised classifier on h; momentum SGD,
+LR 0.1·B/256, weight decay 1e-4, cosine, crop + flip; the fine-tuning epoch rule. The LR multiplier is chosen
+from ``lr_grid`` on a class-balanced validation split carved from the labeled subset (the test split is never
+looked at), then the model is retrained on the whole labeled subset with that LR.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from simclrv2.config import SupervisedConfig, save_config
+from simclrv2.data import ImageData
+from simclrv2.data.subsets import default_epochs, resolve_label_indices, split_validation, subset_data
+from simclrv2.engine.classify import ClassifierTrainer, TrainSettings, check_run_dir
+from simclrv2.engine.finetune import build_model, load_split_pair, model_arch
+from simclrv2.engine.runtime import resolve_device, resolve_precision, seed_everything
+from simclrv2.optim import scale_learning_rate
+
+__all__ = ["supervised"]
+
+STAGE = "supervised"
+
+
+def _train_once(
+    config: SupervisedConfig,
+    arch: dict[str, Any],
+    run_dir: Path,
+    train: ImageData,
+    evaluate_on: ImageData | None,
+    lr_multiplier: float,
+    epochs: int,
+    device: torch.device,
+    precision: str,
+    resume: bool,
+    show_progress: bool,
+) -> dict[str, Any]:
+    seed_everything(config.seed)  # every grid point and the final run start from the same initial weights
+    model = build_model(arch).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    batch = min(config.batch_size, len(train))
+    peak_lr = lr_multiplier * scale_learning_rate(config.optim.base_lr, batch, config.optim.lr_scaling)
+    settings = TrainSettings(
+        stage=STAGE,
+        run_dir=run_dir,
+        seed=config.seed,
+        device=device,
+        precision=precision,
+        batch_size=batch,
+        epochs=epochs,
+        peak_lr=peak_lr,
+        optimizer=config.optim.optimizer,
+        momentum=config.optim.momentum,
+        weight_decay=config.optim.weight_decay,
+        warmup_epochs=config.optim.warmup_epochs,
+        max_steps=config.max_steps,
+        crop_size=config.data.image_size or train.image_shape[-1],
+        crop_scale=(config.crop_min_scale, 1.0),
+        channels_last=config.channels_last,
+        log_every_steps=config.log_every_steps,
+        eval_batch_size=config.eval_batch_size,
+        config=config,
+        extra={"arch": arch, "lr_multiplier": lr_multiplier, "num_labeled": len(train)},
+        show_progress=show_progress,
+    )
+    trainer = ClassifierTrainer(settings, model, train, evaluate_on)
+    return trainer.run(resume, extra_results={"lr_multiplier": lr_multiplier, "num_train": len(train)})
+
+
+def supervised(config: SupervisedConfig, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    """Choose the LR on a validation split of the labeled subset, retrain on all of it, test once."""
+    run_dir = Path(config.run_dir)
+    if not resume:  # with --resume the run may have stopped during the grid, before run_dir/last.pt existed
+        check_run_dir(run_dir, resume)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    say = tqdm.write if show_progress else (lambda _msg: None)
+
+    train_full, test = load_split_pair(config.data, config.seed)
+    index_file = config.label_index_file or run_dir / "label_indices.txt"
+    idx, how = resolve_label_indices(train_full, config.labels, config.seed, index_file)
+    fraction = len(idx) / len(train_full)
+    epochs = config.epochs or default_epochs(config.labels, len(idx), len(train_full))
+    crop = config.data.image_size or train_full.image_shape[-1]
+    small = config.small_images if config.small_images is not None else crop <= 64
+    arch = model_arch(config.backbone, small, 0, 0, 0, len(train_full.classes))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    say(f"supervised: {len(idx)} labeled images ({fraction:.2%}; {how}), {epochs} epochs, {config.backbone}")
+
+    # 1. LR grid on a validation split of the labeled subset; the grid runs are kept in run_dir/grid/.
+    grid_path = run_dir / "grid.json"
+    tr_idx, val_idx = split_validation(idx, train_full.labels, config.val_fraction, config.seed)
+    grid: dict[str, Any] = json.loads(grid_path.read_text()) if grid_path.exists() else {}
+    for mult in config.lr_grid:
+        key = f"{mult:g}"
+        if key in grid:
+            continue  # done before an interruption
+        sub = run_dir / "grid" / f"lr_x{key}"
+        res = _train_once(
+            config, arch, sub, subset_data(train_full, tr_idx), subset_data(train_full, val_idx), mult,
+            epochs, device, precision, (sub / "last.pt").exists(), show_progress,
+        )  # fmt: skip
+        grid[key] = {"validation_top1": res["test"]["top1"], "peak_lr": res["peak_lr"]}
+        say(f"supervised: LR x{key} ({res['peak_lr']:.4g}): validation top-1 {res['test']['top1']:.2f}%")
+        grid_path.write_text(json.dumps(grid, indent=2))
+    best = max(config.lr_grid, key=lambda m: grid[f"{m:g}"]["validation_top1"])
+    say(f"supervised: chose LR x{best:g}; retraining on all {len(idx)} labeled images")
+
+    # 2. Retrain on the whole labeled subset with the chosen LR; test once.
+    results = _train_once(
+        config, arch, run_dir, subset_data(train_full, idx), test, best, epochs, device, precision,
+        resume and (run_dir / "last.pt").exists(), show_progress,
+    )  # fmt: skip
+    results.update(
+        {
+            "backbone": config.backbone,
+            "labels": config.labels,
+            "num_labeled": len(idx),
+            "label_fraction": fraction,
+            "label_index_file": str(index_file),
+            "lr_grid": grid,
+            "chosen_lr_multiplier": best,
+            "validation_size": len(val_idx),
+            "grid_train_size": len(tr_idx),
+        }
+    )
+    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    return results

@@ -1,0 +1,33 @@
+"""Shared fixtures: a tiny pretraining checkpoint made once per session through the CLI."""
+
+from pathlib import Path
+
+import pytest
+
+from simclrv2.cli import main
+
+TINY_PRETRAIN = [
+    "data.name=synthetic",
+    "data.synthetic_size=96",
+    "model.backbone=r18_0.25x_sk0",
+    "batch_size=32",
+    "epochs=2",
+    "optim.warmup_epochs=0.5",
+    "precision=fp32",
+    "log_every_steps=1",
+    "eval.batch_size=64",
+    "eval.knn_k=20",
+    "max_steps=2",
+]
+
+
+def sets(*items: str) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+@pytest.fixture(scope="session")
+def pretrained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``last.pt`` of a 2-step pretraining run on synthetic data (r18_0.25x_sk0, 3-layer head)."""
+    run = tmp_path_factory.mktemp("pretrain") / "run"
+    assert main(["pretrain", *sets(*TINY_PRETRAIN, f"run_dir={run}")]) == 0
+    return run / "last.pt"

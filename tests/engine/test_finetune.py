@@ -1,0 +1,74 @@
+"""Fine-tuning end to end through the CLI on synthetic data; exact resume."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from simclrv2.checkpoint import load_checkpoint
+from simclrv2.cli import main
+from simclrv2.engine.finetune import build_model_from_checkpoint
+
+TINY_FT = [
+    "data.name=synthetic",
+    "data.synthetic_size=96",
+    "batch_size=16",
+    "epochs=2",
+    "precision=fp32",
+    "log_every_steps=1",
+    "eval_batch_size=128",
+]
+
+
+def _sets(*items: str) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def _ft(ckpt: Path, run: Path, *extra: str) -> list[str]:
+    return [
+        "finetune",
+        "--pretrained",
+        str(ckpt),
+        "--labels",
+        "25%",
+        *_sets(*TINY_FT, f"run_dir={run}", *extra),
+    ]
+
+
+def test_finetune_end_to_end_and_exact_resume(
+    pretrained_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main(_ft(pretrained_checkpoint, full)) == 0
+    results = json.loads((full / "results.json").read_text())
+    assert results["stage"] == "finetune" and results["from_layer"] == 1
+    assert results["num_labeled"] == len((full / "label_indices.txt").read_text().split())
+    assert results["step"] == results["total_steps"] == 2 * results["steps_per_epoch"]
+    evaluation = json.loads((full / "eval.json").read_text())
+    assert 0 <= evaluation["top1"] <= 100 and len(evaluation["per_class"]) == 10
+    preds = json.loads((full / "predictions.json").read_text())
+    assert len(preds["pred"]) == len(preds["label"]) == evaluation["num_images"]
+    ckpt = load_checkpoint(full / "last.pt", stage="finetune")
+    assert ckpt["arch"]["from_layer"] == 1
+    assert not any(k.startswith("head.layers.1.") for k in ckpt["model"])
+    assert build_model_from_checkpoint(ckpt).num_head_layers == 1
+
+    # Interrupted after one step, then resumed: the same weights as the uninterrupted run.
+    assert main(_ft(pretrained_checkpoint, cut, "max_steps=1")) == 0
+    assert main([*_ft(pretrained_checkpoint, cut), "--resume"]) == 0
+    a, b = ckpt["model"], load_checkpoint(cut / "last.pt")["model"]
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
+    assert torch.count_nonzero(a["classifier.weight"]) > 0
+
+    # An existing run is not overwritten.
+    assert main(_ft(pretrained_checkpoint, full)) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_finetune_rejects_a_head_layer_beyond_the_head(
+    pretrained_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*_ft(pretrained_checkpoint, tmp_path / "r"), "--from-layer", "4"]) == 2
+    assert "3 layers" in capsys.readouterr().err
