@@ -1,4 +1,4 @@
-# make demo  - set up .venv and run the main job (SimCLRv2 on Fashion-MNIST, a few minutes on a CPU)
+# make demo  - set up .venv and run the main job: the whole SimCLRv2 pipeline on Fashion-MNIST (~10 min, 2 CPU cores)
 # make test  - set up .venv and run lint (ruff), types (mypy) and the test suite (pytest)
 PYTHON ?= python3
 VENV ?= .venv
@@ -34,7 +34,7 @@ data:
 	else echo "warning: cannot install dataset-fashion-mnist; put the IDX files under data/fashion-mnist/"; fi
 
 demo: setup data
-	$(BIN)/simclrv2 pretrain --config configs/fashion_mnist.yaml --set run_dir=$(DEMO_RUN)
+	$(BIN)/simclrv2 pipeline --config configs/fashion_mnist.yaml --set run_dir=$(DEMO_RUN)
 
 lint: setup
 	$(BIN)/ruff check src tests

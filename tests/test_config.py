@@ -78,3 +78,11 @@ def test_saved_config_round_trips(tmp_path: Path) -> None:
     save_config(c, tmp_path / "config.yaml")
     assert load_config(PretrainConfig, tmp_path / "config.yaml") == c
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["seed"] == 7
+
+
+def test_a_partial_section_keeps_the_stages_own_defaults() -> None:
+    from simclrv2.config import FinetuneConfig
+
+    c = load_config(FinetuneConfig, None, ["pretrained=x.pt", "optim.base_lr=0.02"])
+    # Fine-tuning's optimiser defaults (SPEC 4: no weight decay, no warmup) survive a partial override.
+    assert (c.optim.base_lr, c.optim.weight_decay, c.optim.warmup_epochs) == (0.02, 0.0, 0.0)

@@ -7,3 +7,19 @@ is SPEC.md (the paper plus the official TensorFlow code).
 """
 
 __version__ = "0.1.0"
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from simclrv2.inference import load_classifier
+
+__all__ = ["__version__", "load_classifier"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `import simclrv2` (and `simclrv2 --help`) stays free of torch until the API is used.
+    if name == "load_classifier":
+        from simclrv2.inference import load_classifier
+
+        return load_classifier
+    raise AttributeError(f"module 'simclrv2' has no attribute {name!r}")

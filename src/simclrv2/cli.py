@@ -104,7 +104,85 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", metavar="NAME", help="backbone name, e.g. r18_1x_sk0, r50_1x_sk0")
     p.add_argument("--resume", action="store_true", help="continue the final run from run_dir/last.pt")
+
+    p = sub.add_parser(
+        "distill",
+        help="stage 3: distill a fine-tuned teacher into a student on all unlabeled training images",
+        description="Stage 3 of SimCLRv2: the fine-tuned teacher (frozen, eval mode) labels every training "
+        "image with softened predictions; a student (the teacher's backbone without projection head for "
+        "self-distillation, or a smaller backbone) learns them: L = -sum P_T(y|x;T) log P_S(y|x;T) "
+        "(SPEC 6), optionally mixed with the labeled loss (alpha < 1). Teacher and student see the same "
+        "crop + flip view. Temperature defaults to 0.1 for self-distillation and 1.0 big-to-small.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config_args(p)
+    p.add_argument("--teacher", metavar="CKPT", help="fine-tuned teacher (a finetune run's last.pt)")
+    p.add_argument(
+        "--student", metavar="NAME", help="student backbone, or 'same' (default: self-distillation)"
+    )
+    p.add_argument(
+        "--temperature", type=float, metavar="T", help="softmax temperature (default 0.1 self, 1.0)"
+    )
+    p.add_argument(
+        "--alpha", type=float, metavar="A", help="distillation weight; 1 - A on labels (default 1)"
+    )
+    p.add_argument("--resume", action="store_true", help="continue from run_dir/last.pt")
+
+    p = sub.add_parser(
+        "pipeline",
+        help="the whole recipe: pretrain, linear eval, fine-tune, distill, supervised baseline, report",
+        description="Runs pretrain -> linear eval -> fine-tune (each label subset, each head layer) -> "
+        "distill -> supervised baseline, then writes results.json and report.md with figures into run_dir. "
+        "Each stage has its own directory; a finished stage is skipped and an interrupted one resumes when "
+        "the same command is run again.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_config_args(p)
+    _add_use_commands(sub)
     return parser
+
+
+def _add_use_commands(sub: argparse._SubParsersAction) -> None:
+    """``predict`` and ``export``: using a trained classifier (finetune, supervised or distill last.pt)."""
+    p = sub.add_parser(
+        "predict",
+        help="classify image files with a trained classifier (finetune/supervised/distill checkpoint)",
+        description="Classify images (png, jpg, jpeg, bmp, webp; folders searched recursively, sorted) with "
+        "a classifier checkpoint, using the evaluation preprocessing it was tested with (RGB in [0, 1], "
+        "shorter side to the dataset's image size, centre crop). Prints 'path<TAB>class:prob ...' per "
+        "image, best first, or writes --output as CSV (path, rank, class, probability) or JSON. "
+        "Unreadable files are skipped with a warning.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders")
+    p.add_argument("--model", required=True, metavar="CKPT", help="classifier checkpoint (last.pt) or export")
+    p.add_argument("--topk", type=int, default=5, metavar="K", help="classes per image (default 5)")
+    p.add_argument("--output", "-o", metavar="FILE", help="write FILE.csv or FILE.json instead of printing")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward (default 64)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default auto)")
+
+    p = sub.add_parser(
+        "export",
+        help="export a trained classifier with its preprocessing (TorchScript or safetensors)",
+        description="torchscript: preprocessing + model traced for inputs (N, C, H, W) of one dtype "
+        "(uint8 0..255 or float32 0..1), channel count and size (default: the dataset's image size); "
+        "loads with plain torch.jit.load, class names in the extra file simclrv2.json. safetensors: "
+        "model.safetensors + model.json (architecture, classes, image sizes), read back by "
+        "simclrv2.load_classifier; needs `pip install safetensors`.",
+    )
+    p.add_argument("--model", required=True, metavar="CKPT", help="classifier checkpoint (last.pt)")
+    p.add_argument("--format", required=True, choices=["torchscript", "safetensors"])
+    p.add_argument(
+        "--output",
+        "-o",
+        metavar="PATH",
+        help="default: model.torchscript.pt or model.safetensors (+ model.json) next to CKPT",
+    )
+    p.add_argument("--size", type=int, metavar="PX", help="torchscript: input H = W (default: dataset's)")
+    p.add_argument("--channels", type=int, choices=[1, 3], default=3, help="torchscript: input channels")
+    p.add_argument("--dtype", choices=["uint8", "float32"], default="uint8", help="torchscript: input dtype")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
 
 
 def _flag_overrides(args: argparse.Namespace, mapping: dict[str, str]) -> list[str]:
@@ -162,12 +240,120 @@ def _run_supervised(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_distill(args: argparse.Namespace) -> int:
+    from simclrv2.config import DistillConfig, load_config
+    from simclrv2.engine.distill import distill
+
+    mapping = {"teacher": "teacher", "student": "student", "temperature": "temperature", "alpha": "alpha"}
+    config = load_config(DistillConfig, args.config, _flag_overrides(args, mapping))
+    print(json.dumps(distill(config, resume=args.resume), indent=2))
+    return 0
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    from simclrv2.config import PipelineConfig, load_config
+    from simclrv2.engine.pipeline import Pipeline
+
+    config = load_config(PipelineConfig, args.config, args.overrides)
+    results = Pipeline(config, command=" ".join(["simclrv2", *sys.argv[1:]])).run()
+    print(json.dumps({"table": results["table"], "wall_seconds": results["wall_seconds"]}, indent=2))
+    print(f"report: {config.run_dir}/report.md")
+    return 0
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from simclrv2.engine.runtime import resolve_device
+    from simclrv2.inference import (
+        find_images,
+        format_prediction,
+        load_classifier,
+        predict_files,
+        write_predictions,
+    )
+
+    if args.topk < 1 or args.batch_size < 1:
+        raise ValueError(f"--topk and --batch-size must be >= 1, got {args.topk} and {args.batch_size}")
+    if args.output and Path(args.output).suffix.lower() not in (".csv", ".json"):
+        raise ValueError(f"--output {args.output}: expected a file name ending in .csv or .json")
+    files = find_images(args.inputs)
+    try:
+        classifier = load_classifier(args.model, resolve_device(args.device))
+    except ImportError as err:  # a .safetensors export without the safetensors package
+        print(f"simclrv2 predict: error: {err}", file=sys.stderr)
+        return 2
+
+    def warn(path: Path, reason: str) -> None:
+        print(f"simclrv2 predict: warning: skipping unreadable image {path} ({reason})", file=sys.stderr)
+
+    preds, skipped = predict_files(classifier, files, args.topk, args.batch_size, on_skip=warn)
+    if not preds:
+        raise ValueError(f"none of the {len(files)} image files could be read")
+    if skipped:
+        print(f"simclrv2 predict: warning: skipped {len(skipped)} of {len(files)} files", file=sys.stderr)
+    if args.output:
+        write_predictions(args.output, preds, skipped)
+        print(f"simclrv2 predict: {len(preds)} images -> {args.output}")
+    else:
+        for pred in preds:
+            print(format_prediction(pred))
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    from simclrv2.inference import (
+        SAFETENSORS_MISSING,
+        export_safetensors,
+        export_torchscript,
+        load_classifier,
+    )
+
+    torchscript = args.format == "torchscript"
+    if not torchscript and importlib.util.find_spec("safetensors") is None:
+        print(f"simclrv2 export: error: {SAFETENSORS_MISSING}", file=sys.stderr)
+        return 2
+    default = "model.torchscript.pt" if torchscript else "model.safetensors"
+    out = Path(args.output) if args.output else Path(args.model).parent / default
+    if not torchscript and out.suffix != ".safetensors":
+        raise ValueError(f"--output {out}: a safetensors export must end in .safetensors")
+    targets = [out] if torchscript else [out, out.with_suffix(".json")]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not args.force:
+        raise FileExistsError(f"{', '.join(existing)} already exists: pass --force to overwrite it")
+    if args.size is not None and args.size < 1:
+        raise ValueError(f"--size must be positive, got {args.size}")
+    classifier = load_classifier(args.model, "cpu")
+    if torchscript:
+        dtype = torch.uint8 if args.dtype == "uint8" else torch.float32
+        export_torchscript(classifier, out, args.size, args.channels, dtype)
+        side = args.size or classifier.load_size
+        print(
+            f"{out}: TorchScript, input {args.dtype} (N, {args.channels}, {side}, {side}) "
+            f"({'0..255' if args.dtype == 'uint8' else '0..1'}), output logits over "
+            f"{len(classifier.classes)} classes; load with torch.jit.load"
+        )
+    else:
+        weights, meta = export_safetensors(classifier, out)
+        print(f"{weights} + {meta}: load with simclrv2.load_classifier({str(weights)!r})")
+    return 0
+
+
 COMMANDS = {
     "pretrain": _run_pretrain,
     "finetune": _run_finetune,
     "linear-eval": _run_linear_eval,
     "knn": _run_linear_eval,
     "supervised": _run_supervised,
+    "distill": _run_distill,
+    "pipeline": _run_pipeline,
+    "predict": _run_predict,
+    "export": _run_export,
 }
 
 

@@ -297,6 +297,133 @@ class LinearEvalConfig:
         _check_positive("eval_batch_size", self.eval_batch_size)
 
 
+def _distill_optim() -> OptimConfig:
+    # SPEC 6: students train with the pretraining optimiser settings (LARS, 0.1 * sqrt(B), wd 1e-4, warmup
+    # 5% of the 100 default epochs). Without the warmup the zero-initialised classifier (plain momentum SGD,
+    # excluded from LARS) takes steps of 0.1 * sqrt(B) on gradients scaled by 1/tau and the student collapses.
+    return OptimConfig(optimizer="lars", base_lr=0.1, lr_scaling="sqrt", weight_decay=1e-4, warmup_epochs=5.0)
+
+
+@dataclass
+class DistillConfig:
+    """Stage 3: distill a fine-tuned teacher into a student on all (unlabeled) training images (SPEC 6)."""
+
+    run_dir: str = "runs/distill"
+    seed: int = 0
+    teacher: str = ""
+    """The fine-tuned teacher's checkpoint (``last.pt`` of a finetune run)."""
+    student: str = "same"
+    """``same`` = the teacher's backbone (self-distillation), or a backbone name such as r18_0.5x_sk0."""
+    student_init: str | None = None
+    """Initialise the student's backbone from this checkpoint (pretrain/finetune/distill); None = scratch."""
+    temperature: float | None = None
+    """Softmax temperature for teacher and student; None = 0.1 for self-distillation, 1.0 big-to-small."""
+    alpha: float = 1.0
+    """Weight of the distillation loss; 1 - alpha goes to cross-entropy on the teacher's labeled subset."""
+    epochs: int = 100
+    batch_size: int = 256
+    max_steps: int | None = None
+    crop_min_scale: float = 0.08
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    log_every_steps: int = 20
+    eval_batch_size: int = 512
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=_distill_optim)
+
+    def validate(self) -> None:
+        if not self.teacher:
+            raise ConfigError(
+                "teacher: give the fine-tuned teacher's checkpoint, e.g. --teacher runs/ft/last.pt"
+            )
+        _validate_classify(self, labels=False)
+        _check_range("alpha", self.alpha, 0.0, 1.0)
+        if self.temperature is not None:
+            _check_positive("temperature", self.temperature)
+        if self.student not in ("", "same"):
+            from simclrv2.models.registry import parse_backbone_name
+
+            try:
+                parse_backbone_name(self.student)
+            except ValueError as err:
+                raise ConfigError(f"student: {err}") from None
+
+
+@dataclass
+class PipelineConfig:
+    """The whole recipe: pretrain -> linear eval -> fine-tune -> distill -> supervised baseline -> report.
+
+    Each stage's settings are a section with that stage's keys (``pretrain:``, ``finetune:``, ...); the
+    pipeline fills in what links them (run directories, checkpoints, labels, seeds, the shared ``data``).
+    """
+
+    run_dir: str = "runs/pipeline"
+    seed: int = 0
+    """Pretraining seed."""
+    labels: list[str] = field(default_factory=lambda: ["1%", "10%"])
+    """Label subsets (columns of the table): 1%, 10%, N/class ..."""
+    label_seeds: list[int] = field(default_factory=lambda: [0])
+    """One run of every post-pretraining stage per seed (subset, init, order); tables give mean +- std."""
+    finetune_layers: list[int] = field(default_factory=lambda: [0, 1])
+    """Fine-tune from these head layers (SPEC 2: 1 is the SimCLRv2 default)."""
+    distill_from_layer: int = 1
+    """Teacher for distillation: the fine-tuned model from this head layer."""
+    distill_students: list[str] = field(default_factory=lambda: ["same"])
+    """``same`` = self-distillation; add backbone names for big-to-small; [] = no distillation."""
+    distill_init: str = "scratch"
+    """Self-distillation student's backbone: ``scratch`` (the paper) or ``pretrained`` (the pretraining
+    checkpoint's backbone: far cheaper to train; smaller students always start from scratch)."""
+    run_linear_eval: bool = True
+    run_supervised: bool = True
+    data: DataConfig = field(default_factory=DataConfig)
+    """Shared by every stage (copied into each stage's ``data`` when the file is read; a stage's own
+    ``data`` keys win)."""
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
+    linear_eval: LinearEvalConfig = field(default_factory=LinearEvalConfig)
+
+    def validate(self) -> None:
+        if not self.labels:
+            raise ConfigError("labels: give at least one label subset, e.g. [1%, 10%]")
+        for labels in self.labels:
+            _check_label_spec(labels)
+        if not self.label_seeds:
+            raise ConfigError("label_seeds: give at least one seed, e.g. [0]")
+        _check_choice("distill_init", self.distill_init, ("scratch", "pretrained"))
+        for layer in [*self.finetune_layers, self.distill_from_layer]:
+            if layer < -1 or layer > self.pretrain.model.head_layers:
+                raise ConfigError(
+                    f"fine-tune layer {layer} is beyond the projection head's "
+                    f"{self.pretrain.model.head_layers} layers (use 0..head_layers or -1)"
+                )
+        # Validate every stage with the links filled in, so a bad value stops the pipeline before any work;
+        # errors name the section (``finetune.optim.base_lr ...``).
+        stages: list[tuple[str, Any]] = [
+            ("pretrain", dataclasses.replace(self.pretrain, data=self.data)),
+            ("finetune", dataclasses.replace(self.finetune, data=self.data, pretrained="<pretrain>")),
+            (
+                "supervised",
+                dataclasses.replace(self.supervised, data=self.data, backbone=self.pretrain.model.backbone),
+            ),
+            ("linear_eval", dataclasses.replace(self.linear_eval, data=self.data, pretrained="<pretrain>")),
+        ]
+        for student in self.distill_students or ["same"]:
+            stages.append(
+                (
+                    "distill",
+                    dataclasses.replace(self.distill, data=self.data, teacher="<ft>", student=student),
+                )
+            )
+        for section, stage in stages:
+            try:
+                stage.validate()
+            except ConfigError as err:
+                raise ConfigError(f"{section}.{err}") from None
+
+
 def _check_label_spec(labels: str) -> None:
     from simclrv2.data.subsets import parse_label_spec
 
@@ -308,13 +435,14 @@ def _check_label_spec(labels: str) -> None:
         raise ConfigError(f"labels: {err} (or a path to a subset file)") from None
 
 
-def _validate_classify(c: Any) -> None:
+def _validate_classify(c: Any, labels: bool = True) -> None:
     _check_choice("data.name", c.data.name, DATASET_NAMES)
     _check_choice("device", c.device.split(":")[0], ("auto", "cpu", "cuda"))
     _check_choice("precision", c.precision, ("auto", "bf16", "fp32"))
     _check_choice("optim.optimizer", c.optim.optimizer, ("lars", "sgd"))
     _check_choice("optim.lr_scaling", c.optim.lr_scaling, ("sqrt", "linear", "none"))
-    _check_label_spec(c.labels)
+    if labels:
+        _check_label_spec(c.labels)
     _check_positive("batch_size", c.batch_size)
     _check_positive("optim.base_lr", c.optim.base_lr)
     _check_nonnegative("optim.weight_decay", c.optim.weight_decay)
@@ -422,7 +550,17 @@ def from_dict(cls: type[C], values: Mapping[str, Any], prefix: str = "") -> C:
             f"unknown config key {prefix}{unknown[0]!s}; valid keys here: "
             + ", ".join(prefix + n for n in sorted(names))
         )
-    kwargs = {k: _coerce(prefix + k, v, hints[k]) for k, v in values.items()}
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs = {}
+    for key, value in values.items():
+        default = fields[key].default_factory
+        if isinstance(value, Mapping) and default is not dataclasses.MISSING:
+            # A partial section overrides the stage's own defaults for it (e.g. fine-tuning's optim has no
+            # weight decay and no warmup), not the section class's generic defaults.
+            base = default()
+            if dataclasses.is_dataclass(base):
+                value = _deep_merge(dataclasses.asdict(base), value)  # type: ignore[arg-type]
+        kwargs[key] = _coerce(prefix + key, value, hints[key])
     return cls(**kwargs)
 
 
@@ -483,13 +621,50 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequenc
             raise ConfigError(
                 f"config file {path} must hold a mapping of settings, got {type(loaded).__name__}"
             )
-        values = dict(loaded)
+        values = stage_section(cls, dict(loaded))
     values = _deep_merge(values, parse_overrides(overrides))
+    if cls is PipelineConfig:
+        values = _share_data(values)
     config = from_dict(cls, values)
     validate = getattr(config, "validate", None)
     if validate is not None:
         validate()
     return config
+
+
+def stage_section(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """One YAML file per dataset serves every command: a pipeline file (with ``pretrain:``, ``finetune:``
+    ... sections) read by a single stage yields that stage's section, plus the shared ``data`` and ``seed``,
+    with ``run_dir`` = the pipeline's run_dir/<stage> unless the section sets one. Other files pass as is."""
+    section = _SECTIONS.get(cls.__name__)
+    if section is None or not isinstance(values.get(section), Mapping):
+        return values
+    out: dict[str, Any] = {k: values[k] for k in ("seed", "data") if k in values}
+    out["run_dir"] = str(Path(values.get("run_dir", PipelineConfig.run_dir)) / section)
+    return _deep_merge(out, values[section])
+
+
+def _share_data(values: dict[str, Any]) -> dict[str, Any]:
+    """Pipeline files: the top-level ``data`` reaches every stage; a stage's own ``data`` keys win
+    (e.g. STL-10 pretrains and distills on ``train+unlabeled`` but fine-tunes on ``train``)."""
+    shared = values.get("data")
+    if not isinstance(shared, Mapping):
+        return values
+    out = dict(values)
+    for section in _SECTIONS.values():
+        stage = out.get(section) or {}
+        if isinstance(stage, Mapping):
+            out[section] = _deep_merge({"data": shared}, stage)
+    return out
+
+
+_SECTIONS = {
+    "PretrainConfig": "pretrain",
+    "FinetuneConfig": "finetune",
+    "DistillConfig": "distill",
+    "SupervisedConfig": "supervised",
+    "LinearEvalConfig": "linear_eval",
+}
 
 
 def save_config(config: Any, path: str | Path) -> None:

@@ -38,9 +38,9 @@ from simclrv2.checkpoint import (
     unwrap,
 )
 from simclrv2.config import ConfigError, save_config
-from simclrv2.data import BatchLoader, ImageData, center_crop, crop_flip
-from simclrv2.engine.evaluate import topk_accuracy
-from simclrv2.engine.runtime import MetricsLogger, autocast, eval_mode, step_generator
+from simclrv2.data import BatchLoader, ImageData, crop_flip
+from simclrv2.engine.evaluate import extract_features, topk_accuracy
+from simclrv2.engine.runtime import MetricsLogger, autocast, step_generator
 from simclrv2.optim import LARS, param_groups, set_learning_rate, warmup_cosine
 
 __all__ = [
@@ -91,6 +91,48 @@ class TrainSettings:
     write_config: bool = True
     show_progress: bool = True
 
+    @classmethod
+    def from_config(
+        cls,
+        config: Any,
+        *,
+        stage: str,
+        train: ImageData,
+        device: torch.device,
+        precision: str,
+        batch_size: int,
+        epochs: int,
+        peak_lr: float,
+        extra: dict[str, Any],
+        show_progress: bool = True,
+        run_dir: Path | None = None,
+    ) -> TrainSettings:
+        """Settings from a stage config with the common keys (Finetune-, Supervised-, DistillConfig);
+        the arguments are what the stage resolved itself."""
+        return cls(
+            stage=stage,
+            run_dir=Path(config.run_dir) if run_dir is None else run_dir,
+            seed=config.seed,
+            device=device,
+            precision=precision,
+            batch_size=batch_size,
+            epochs=epochs,
+            peak_lr=peak_lr,
+            optimizer=config.optim.optimizer,
+            momentum=config.optim.momentum,
+            weight_decay=config.optim.weight_decay,
+            warmup_epochs=config.optim.warmup_epochs,
+            max_steps=config.max_steps,
+            crop_size=config.data.image_size or train.image_shape[-1],
+            crop_scale=(config.crop_min_scale, 1.0),
+            channels_last=config.channels_last,
+            log_every_steps=config.log_every_steps,
+            eval_batch_size=config.eval_batch_size,
+            config=config,
+            extra=extra,
+            show_progress=show_progress,
+        )
+
 
 def make_optimizer(
     model: nn.Module, name: str, lr: float, momentum: float, weight_decay: float
@@ -134,20 +176,18 @@ def predict_logits(
     show_progress: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """(float32 logits (N, C), labels (N,)) of ``data`` in dataset order, model in eval mode, centre crop."""
-    crop = crop_size or data.image_shape[-1]
-    loader = BatchLoader(data, batch_size=batch_size, device=device, shuffle=False, drop_last=False)
-    logits, labels = [], []
-    with eval_mode(model):
-        for images, targets in tqdm(loader.epoch(0), total=len(loader), desc=desc, leave=False,
-                                    disable=not show_progress):  # fmt: skip
-            x = center_crop(images, crop)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device, precision):
-                out = model(x)
-            logits.append(out.float())
-            labels.append(targets)
-    return torch.cat(logits).cpu(), torch.cat(labels).cpu()
+    logits, labels = extract_features(
+        model,
+        data,
+        device,
+        precision,
+        batch_size,
+        crop_size,
+        channels_last,
+        desc=desc,
+        show_progress=show_progress,
+    )
+    return logits.cpu(), labels.cpu()
 
 
 def classification_metrics(
@@ -272,6 +312,10 @@ class ClassifierTrainer:
             "stage": self.s.stage,
             "config": to_dict(self.s.config) if self.s.config is not None else {},
             **self.s.extra,
+            # for simclrv2.load_classifier: class names, model input side, side of the dataset's images
+            "classes": list(self.train.classes),
+            "image_size": self.s.crop_size,
+            "load_size": self.train.image_shape[-1],
             "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": step,

@@ -28,8 +28,10 @@ def extract_features(
     channels_last: bool = True,
     limit: int | None = None,
     desc: str = "features",
+    show_progress: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Backbone features h (float32, (N, D)) and labels of ``data`` in dataset order, in eval mode.
+    """Outputs of ``backbone`` (features h, or logits for a classifier; float32, (N, D)) and labels of
+    ``data`` in dataset order, in eval mode, on the device.
 
     Images are centre-cropped for evaluation (SPEC 5); with ``limit`` only the first ``limit`` images
     are used (in dataset order).
@@ -41,7 +43,11 @@ def extract_features(
     seen = 0
     total = len(loader) if limit is None else min(len(loader), -(-limit // batch_size))
     bar = tqdm(
-        loader.epoch(0), total=total, desc=desc, leave=False, disable=not distributed.is_main_process()
+        loader.epoch(0),
+        total=total,
+        desc=desc,
+        leave=False,
+        disable=not (show_progress and distributed.is_main_process()),
     )
     with eval_mode(backbone):
         for images, targets in bar:

@@ -47,26 +47,16 @@ def _train_once(
         model = model.to(memory_format=torch.channels_last)
     batch = min(config.batch_size, len(train))
     peak_lr = lr_multiplier * scale_learning_rate(config.optim.base_lr, batch, config.optim.lr_scaling)
-    settings = TrainSettings(
+    settings = TrainSettings.from_config(
+        config,
         stage=STAGE,
         run_dir=run_dir,
-        seed=config.seed,
+        train=train,
         device=device,
         precision=precision,
         batch_size=batch,
         epochs=epochs,
         peak_lr=peak_lr,
-        optimizer=config.optim.optimizer,
-        momentum=config.optim.momentum,
-        weight_decay=config.optim.weight_decay,
-        warmup_epochs=config.optim.warmup_epochs,
-        max_steps=config.max_steps,
-        crop_size=config.data.image_size or train.image_shape[-1],
-        crop_scale=(config.crop_min_scale, 1.0),
-        channels_last=config.channels_last,
-        log_every_steps=config.log_every_steps,
-        eval_batch_size=config.eval_batch_size,
-        config=config,
         extra={"arch": arch, "lr_multiplier": lr_multiplier, "num_labeled": len(train)},
         show_progress=show_progress,
     )

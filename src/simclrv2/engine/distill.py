@@ -1,0 +1,138 @@
+"""Stage 3: distillation / self-training on unlabeled images (SPEC 6).
+
+The fine-tuned teacher is frozen in eval mode (never wrapped for gradients, never in the optimiser); the
+student (the teacher's backbone for self-distillation, or a smaller one) has no projection head: a classifier
+on h. Both see the same crop + flip view of every training image, labels unused (alpha = 1, the default), or
+mixed with the labeled subset's cross-entropy (alpha < 1; labels outside the teacher's subset are ignored).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from simclrv2.checkpoint import CheckpointError, load_checkpoint
+from simclrv2.config import ConfigError, DistillConfig
+from simclrv2.data.subsets import load_indices
+from simclrv2.engine.classify import ClassifierTrainer, TrainSettings, check_run_dir
+from simclrv2.engine.finetune import build_model, build_model_from_checkpoint, load_split_pair, model_arch
+from simclrv2.engine.runtime import autocast, resolve_device, resolve_precision, seed_everything
+from simclrv2.losses import distillation_loss
+from simclrv2.models import parse_backbone_name
+from simclrv2.optim import scale_learning_rate
+
+__all__ = ["distill", "resolve_student"]
+
+STAGE = "distill"
+
+
+def resolve_student(student: str, teacher_backbone: str) -> tuple[str, bool]:
+    """(backbone name, is self-distillation). ``same`` means the teacher's backbone."""
+    name = teacher_backbone if student in ("", "same") else student
+    try:
+        parse_backbone_name(name)
+    except ValueError as err:
+        raise ConfigError(f"student: {err}") from None
+    return name, name == teacher_backbone
+
+
+def _init_student_from(model: nn.Module, path: str) -> None:
+    """Initialise the student's backbone from a pretrain/finetune/distill checkpoint (strict on it)."""
+    ckpt = load_checkpoint(path)
+    prefix = "model.backbone." if ckpt.get("stage") == "pretrain" else "backbone."
+    state = {k[len(prefix) :]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
+    backbone = model.get_submodule("backbone")
+    missing, unexpected = backbone.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: its backbone does not match the student's; missing {sorted(missing)[:8]}, "
+            f"unexpected {sorted(unexpected)[:8]}"
+        )
+
+
+def distill(config: DistillConfig, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    """Distill ``config.teacher`` into a student on all training images; returns (and writes) results.json."""
+    run_dir = Path(config.run_dir)
+    check_run_dir(run_dir, resume)
+    teacher_ckpt = load_checkpoint(config.teacher)
+    if teacher_ckpt.get("stage") not in ("finetune", "supervised", "distill"):
+        raise CheckpointError(
+            f"{config.teacher} is a {teacher_ckpt.get('stage')!r} checkpoint; the teacher must be a "
+            "fine-tuned classifier (simclrv2 finetune ...)"
+        )
+    t_arch = teacher_ckpt["arch"]
+    student_name, is_self = resolve_student(config.student, t_arch["backbone"])
+    temperature = config.temperature if config.temperature is not None else (0.1 if is_self else 1.0)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    seed_everything(config.seed)
+
+    train, test = load_split_pair(config.data, config.seed)
+    labels = torch.full_like(train.labels, -1)  # unlabeled unless alpha < 1 asks for the teacher's labels
+    if config.alpha < 1.0:
+        index_file = teacher_ckpt.get("label_index_file")
+        if not index_file or not Path(index_file).is_file():
+            raise ConfigError(
+                f"alpha={config.alpha} < 1 mixes in the labeled loss, but the teacher's label index file "
+                f"{index_file!r} is missing; use alpha=1 (unlabeled only) or keep the fine-tuning run dir"
+            )
+        idx = load_indices(index_file)
+        labels[idx] = train.labels[idx]
+    train.labels = labels
+
+    teacher = build_model_from_checkpoint(teacher_ckpt).to(device)
+    teacher.eval().requires_grad_(False)
+    arch = model_arch(student_name, bool(t_arch["small_images"]), 0, 0, 0, int(t_arch["num_classes"]))
+    student = build_model(arch)
+    if config.student_init:
+        _init_student_from(student, config.student_init)
+    student = student.to(device)
+    if config.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+        student = student.to(memory_format=torch.channels_last)
+    say = tqdm.write if show_progress else (lambda _msg: None)
+    kind = "self-distillation" if is_self else f"{t_arch['backbone']} -> {student_name}"
+    say(f"distill: {kind}, temperature {temperature}, alpha {config.alpha}, {len(train)} training images")
+
+    def loss_fn(model: nn.Module, images: Tensor, targets: Tensor, step: int) -> Tensor:
+        # Teacher and student see the same augmented view; the teacher gets no graph at all.
+        with torch.no_grad(), autocast(device, precision):
+            teacher_logits = teacher(images)
+        with autocast(device, precision):
+            student_logits = model(images)
+        return distillation_loss(
+            student_logits,
+            teacher_logits,
+            temperature,
+            labels=targets if config.alpha < 1.0 else None,
+            alpha=config.alpha,
+        )
+
+    settings = TrainSettings.from_config(
+        config,
+        stage=STAGE,
+        train=train,
+        device=device,
+        precision=precision,
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        peak_lr=scale_learning_rate(config.optim.base_lr, config.batch_size, config.optim.lr_scaling),
+        extra={"arch": arch, "teacher": str(config.teacher)},
+        show_progress=show_progress,
+    )
+    trainer = ClassifierTrainer(settings, student, train, test, loss_fn=loss_fn)
+    return trainer.run(
+        resume,
+        extra_results={
+            "teacher": str(config.teacher),
+            "teacher_backbone": t_arch["backbone"],
+            "student": student_name,
+            "self_distillation": is_self,
+            "temperature": temperature,
+            "alpha": config.alpha,
+        },
+    )

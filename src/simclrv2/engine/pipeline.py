@@ -1,0 +1,343 @@
+"""The whole SimCLRv2 recipe in one command: pretrain -> linear eval -> fine-tune -> distill -> supervised
+baseline -> report (SPEC sections 2, 4, 6 and the paper's label-efficiency table).
+
+Every stage writes into its own directory under ``run_dir`` and is resumable on its own: a stage whose
+``results.json`` exists is skipped (its numbers are read back), a stage with a ``last.pt`` but no results
+resumes, anything else starts. All stages after pretraining share one label subset per (labels, seed),
+saved once under ``run_dir/labels/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import platform
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from simclrv2.config import PipelineConfig, to_dict
+from simclrv2.data import load_dataset
+
+STAGE_ORDER = ("pretrain", "linear_eval", "finetune", "distill", "supervised")
+
+
+def labels_slug(labels: str) -> str:
+    """A directory name for a label spec: ``1%`` -> ``1pct``, ``10/class`` -> ``10-per-class``."""
+    slug = labels.replace("%", "pct").replace("/class", "-per-class")
+    return re.sub(r"[^A-Za-z0-9._-]", "_", slug)
+
+
+def _stage_dir_state(run_dir: Path, results_name: str) -> str:
+    if (run_dir / results_name).is_file():
+        return "done"
+    if (run_dir / "last.pt").is_file():
+        return "resume"
+    return "new"
+
+
+class Pipeline:
+    """Runs the stages in order, records every number, then writes ``results.json`` and the report."""
+
+    def __init__(
+        self, config: PipelineConfig, show_progress: bool = True, command: str | None = None
+    ) -> None:
+        self.c = config
+        self.command = command
+        self.root = Path(config.run_dir)
+        self.show_progress = show_progress
+        self.records: list[dict[str, Any]] = []
+        self.wall: dict[str, float] = {}
+
+    def say(self, message: str) -> None:
+        if self.show_progress:
+            tqdm.write(message)
+
+    def _run_stage(
+        self,
+        kind: str,
+        name: str,
+        run_dir: Path,
+        fn: Callable[[bool], dict[str, Any]],
+        results_name: str = "results.json",
+        **meta: Any,
+    ) -> dict[str, Any]:
+        state = _stage_dir_state(run_dir, results_name)
+        if state == "done":
+            self.say(f"pipeline: {name}: finished earlier, reading {run_dir / results_name}")
+            results = json.loads((run_dir / results_name).read_text())
+        else:
+            self.say(f"pipeline: {name}: {'resuming' if state == 'resume' else 'starting'} in {run_dir}")
+            t0 = time.time()
+            results = fn(state == "resume")
+            self.wall[kind] = self.wall.get(kind, 0.0) + time.time() - t0
+        self.records.append({"kind": kind, "name": name, "run_dir": str(run_dir), **meta, "results": results})
+        return results
+
+    def label_file(self, labels: str, seed: int) -> str:
+        return str(self.root / "labels" / f"{labels_slug(labels)}_seed{seed}.txt")
+
+    # -- the stages -----------------------------------------------------------------------------------------
+
+    def pretrain(self) -> Path:
+        from simclrv2.engine.pretrain import pretrain
+
+        cfg = dataclasses.replace(self.c.pretrain, run_dir=str(self.root / "pretrain"), seed=self.c.seed)
+        cfg.validate()
+        self._run_stage(
+            "pretrain", "pretrain", Path(cfg.run_dir), lambda resume: pretrain(cfg, resume=resume)
+        )
+        return Path(cfg.run_dir) / "last.pt"
+
+    def linear_eval(self, pretrained: Path, labels: str, seed: int) -> None:
+        from simclrv2.engine.linear_eval import linear_eval
+
+        run_dir = self.root / "linear_eval" / labels_slug(labels) / f"seed{seed}"
+        cfg = dataclasses.replace(
+            self.c.linear_eval,
+            run_dir=str(run_dir),
+            seed=seed,
+            pretrained=str(pretrained),
+            labels=labels,
+            label_index_file=self.label_file(labels, seed),
+        )
+        cfg.validate()
+        self._run_stage(
+            "linear_eval", f"linear eval {labels} seed {seed}", run_dir, lambda _resume: linear_eval(cfg),
+            results_name="linear_eval.json", row="Linear eval", labels=labels, seed=seed,
+        )  # fmt: skip
+
+    def finetune(self, pretrained: Path, labels: str, layer: int, seed: int) -> Path:
+        from simclrv2.engine.finetune import finetune
+
+        run_dir = self.root / "finetune" / labels_slug(labels) / f"layer{layer}" / f"seed{seed}"
+        cfg = dataclasses.replace(
+            self.c.finetune,
+            run_dir=str(run_dir),
+            seed=seed,
+            pretrained=str(pretrained),
+            labels=labels,
+            from_layer=layer,
+            label_index_file=self.label_file(labels, seed),
+        )
+        cfg.validate()
+        self._run_stage(
+            "finetune", f"fine-tune {labels} from layer {layer} seed {seed}", run_dir,
+            lambda resume: finetune(cfg, resume=resume, show_progress=self.show_progress),
+            row=f"Fine-tuned (layer {layer})", labels=labels, seed=seed,
+        )  # fmt: skip
+        return run_dir / "last.pt"
+
+    def distill(self, teacher: Path, labels: str, student: str, seed: int, pretrained: Path) -> None:
+        from simclrv2.engine.distill import distill
+
+        slug = "self" if student == "same" else student
+        run_dir = self.root / "distill" / labels_slug(labels) / slug / f"seed{seed}"
+        cfg = dataclasses.replace(
+            self.c.distill, run_dir=str(run_dir), seed=seed, teacher=str(teacher), student=student,
+        )  # fmt: skip
+        if student in ("same", self.c.pretrain.model.backbone) and self.c.distill_init == "pretrained":
+            cfg.student_init = str(pretrained)
+        cfg.validate()
+        row = "Self-distilled" if student == "same" else f"Distilled into {student}"
+        self._run_stage(
+            "distill", f"distill {labels} -> {slug} seed {seed}", run_dir,
+            lambda resume: distill(cfg, resume=resume, show_progress=self.show_progress),
+            row=row, labels=labels, seed=seed,
+        )  # fmt: skip
+
+    def supervised(self, labels: str, seed: int) -> None:
+        from simclrv2.engine.supervised import supervised
+
+        run_dir = self.root / "supervised" / labels_slug(labels) / f"seed{seed}"
+        cfg = dataclasses.replace(
+            self.c.supervised,
+            run_dir=str(run_dir),
+            seed=seed,
+            labels=labels,
+            label_index_file=self.label_file(labels, seed),
+            backbone=self.c.pretrain.model.backbone,
+            small_images=self.c.pretrain.model.small_images,
+        )
+        cfg.validate()
+        self._run_stage(
+            "supervised", f"supervised {labels} seed {seed}", run_dir,
+            lambda resume: supervised(cfg, resume=resume, show_progress=self.show_progress),
+            row="Supervised (labels only)", labels=labels, seed=seed,
+        )  # fmt: skip
+
+    # -- everything ---------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        c = self.c
+        t_start = time.time()
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "labels").mkdir(exist_ok=True)
+        from simclrv2.config import save_config
+
+        save_config(c, self.root / "config.yaml")
+        pretrained = self.pretrain()
+        for labels in c.labels:
+            for seed in c.label_seeds:
+                if c.run_linear_eval:
+                    self.linear_eval(pretrained, labels, seed)
+                teachers = {
+                    layer: self.finetune(pretrained, labels, layer, seed) for layer in c.finetune_layers
+                }
+                if c.distill_students:
+                    layer = c.distill_from_layer
+                    teacher = teachers.get(layer) or self.finetune(pretrained, labels, layer, seed)
+                    for student in c.distill_students:
+                        self.distill(teacher, labels, student, seed, pretrained)
+                if c.run_supervised:
+                    self.supervised(labels, seed)
+        results = self.collect()
+        results["command"] = self.command
+        results["wall_seconds"] = {
+            **{k: round(v, 1) for k, v in self.wall.items()},
+            "total": time.time() - t_start,
+        }
+        (self.root / "results.json").write_text(json.dumps(results, indent=2))
+        report = write_pipeline_report(self.root, results)
+        self.say(f"pipeline: report written to {report}")
+        return results
+
+    def collect(self) -> dict[str, Any]:
+        """The label-efficiency table (mean and std over seeds) and every stage's numbers."""
+        cells: dict[str, dict[str, list[float]]] = {}
+        for rec in self.records:
+            if "row" not in rec:
+                continue
+            top1 = _top1(rec["results"])
+            if top1 is None:
+                continue
+            cells.setdefault(rec["row"], {}).setdefault(rec["labels"], []).append(top1)
+        table = {
+            row: {labels: _mean_std(values) for labels, values in by_labels.items()}
+            for row, by_labels in cells.items()
+        }
+        pre = next(r for r in self.records if r["kind"] == "pretrain")["results"]
+        return {
+            "config": to_dict(self.c),
+            "dataset": self.c.data.name,
+            "columns": list(self.c.labels),
+            "table": table,
+            "pretrain": {
+                k: pre.get(k) for k in ("knn", "online_probe", "images_per_sec", "wall_seconds", "step")
+            },
+            "runs": self.records,
+            "machine": machine_description(),
+        }
+
+
+def _top1(results: dict[str, Any]) -> float | None:
+    for key in ("test", "linear"):
+        block = results.get(key)
+        if isinstance(block, dict) and "top1" in block:
+            return float(block["top1"])
+    return None
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "n": len(arr)}
+
+
+def machine_description() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _best_run(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The run with the highest test top-1 among the classifiers that wrote predictions."""
+    best, best_top1 = None, -math.inf
+    for rec in results["runs"]:
+        if rec["kind"] not in ("finetune", "distill", "supervised"):
+            continue
+        top1 = _top1(rec["results"])
+        if top1 is not None and top1 > best_top1 and (Path(rec["run_dir"]) / "predictions.json").is_file():
+            best, best_top1 = rec, top1
+    return best
+
+
+def write_pipeline_report(root: Path, results: dict[str, Any]) -> Path:
+    """report.md + figures: the label-efficiency table and chart, training curves, confusion matrix and
+    a grid of test images with the best model's predictions."""
+    from simclrv2 import report
+
+    fig_dir = root / "figures"
+    columns = results["columns"]
+    table = {
+        row: {col: (v["mean"], v["std"]) for col, v in cells.items()}
+        for row, cells in results["table"].items()
+    }
+    figures: dict[str, Path] = {}
+    figures["Top-1 test accuracy by label fraction"] = report.plot_label_efficiency(
+        table, fig_dir / "label_efficiency.png", columns=columns
+    )
+    curves = {"pretrain": root / "pretrain" / "metrics.jsonl"}
+    for rec in results["runs"]:
+        if rec["kind"] in ("finetune", "distill") and rec.get("seed") == results["config"]["label_seeds"][0]:
+            curves[rec["name"]] = Path(rec["run_dir"]) / "metrics.jsonl"
+    figures["Training curves"] = report.plot_training_curves(curves, fig_dir / "training_curves.png")
+    sections: dict[str, str] = {}
+    best = _best_run(results)
+    if best is not None:
+        preds = json.loads((Path(best["run_dir"]) / "predictions.json").read_text())
+        classes = preds["classes"]
+        cm = report.confusion_matrix(preds["label"], preds["pred"], len(classes))
+        figures[f"Confusion matrix: {best['name']}"] = report.plot_confusion_matrix(
+            cm, classes, fig_dir / "confusion_matrix.png", title=f"{best['name']} (test)"
+        )
+        data = results["config"]["data"]
+        test = load_dataset(data["name"], "test", root=data["root"], image_size=data["load_size"])
+        n = min(32, len(preds["label"]))
+        if test.images is not None:
+            images = test.images[:n]
+        else:
+            images = torch.stack([test.dataset[i][0] for i in range(n)])  # type: ignore[index]
+        figures[f"Test images with predictions: {best['name']}"] = report.plot_prediction_grid(
+            images, preds["label"][:n], preds["pred"][:n], classes, fig_dir / "predictions.png"
+        )
+        sections["Best model"] = (
+            f"{best['name']}: test top-1 {_top1(best['results']):.2f}% (`{best['run_dir']}`)."
+        )
+    pre = results["pretrain"]
+    knn = pre.get("knn") or {}
+    sections["Pretraining"] = (
+        f"kNN top-1 {knn.get('top1', float('nan')):.2f}% after {pre.get('step')} steps at "
+        f"{(pre.get('images_per_sec') or 0):.0f} images/s."
+    )
+    wall = results.get("wall_seconds", {})
+    sections["Wall time (s)"] = "\n".join(f"- {k}: {v:.0f}" for k, v in wall.items())
+    m = results["machine"]
+    sections["Machine"] = f"{m['cpu']}, {m['threads']} threads, CUDA: {m['cuda']}, torch {m['torch']}."
+    return report.write_report(
+        root,
+        title=f"SimCLRv2 on {results['dataset']}",
+        table=table,
+        columns=columns,
+        figures=figures,
+        sections=sections,
+        command=results.get("command"),
+    )
