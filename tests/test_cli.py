@@ -93,6 +93,8 @@ def test_existing_run_is_not_overwritten_and_bad_input_fails_before_work(
         ("linear-eval", ("--pretrained", "--labels")),
         ("knn", ("--pretrained", "--labels")),
         ("supervised", ("--labels", "--model", "--resume")),
+        ("distill", ("--teacher", "--student", "--temperature", "--alpha", "--resume")),
+        ("pipeline", ()),
     ],
 )
 def test_stage_two_commands_have_help(

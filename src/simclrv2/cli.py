@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
             "--pretrained", metavar="CKPT", help="pretraining checkpoint (a pretrain run's last.pt)"
         )
         p.add_argument("--labels", metavar="SPEC", help="labeled training subset (default 100%%)")
+        if name == "linear-eval":
+            p.add_argument(
+                "--augmented",
+                action="store_true",
+                default=None,
+                help="the paper's ImageNet protocol: crop + flip views through the frozen network, SGD",
+            )
 
     p = sub.add_parser(
         "supervised",
@@ -222,7 +229,9 @@ def _run_linear_eval(args: argparse.Namespace) -> int:
     from simclrv2.engine.linear_eval import knn_eval, linear_eval
 
     config = load_config(
-        LinearEvalConfig, args.config, _flag_overrides(args, {"pretrained": "pretrained", "labels": "labels"})
+        LinearEvalConfig,
+        args.config,
+        _flag_overrides(args, {"pretrained": "pretrained", "labels": "labels", "augmented": "augmented"}),
     )
     run = linear_eval if args.command == "linear-eval" else knn_eval
     print(json.dumps(run(config), indent=2))

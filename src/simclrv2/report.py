@@ -236,6 +236,10 @@ def plot_training_curves(curves: Mapping[str, Path], path: Path) -> Path:
         else:
             ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="gray")
     lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    # Stages' losses live on different scales (NT-Xent ~5, cross-entropy ~1, distillation at tau = 0.1
+    # up to ~100): a log axis keeps each curve's shape readable.
+    if drawn[loss_ax] and all(v > 0 for line in loss_ax.get_lines() for v in line.get_ydata()):
+        loss_ax.set_yscale("log")
     fig.tight_layout()
     return _save(fig, path)
 

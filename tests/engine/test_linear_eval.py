@@ -35,3 +35,24 @@ def test_linear_eval_and_knn_beat_chance_on_synthetic_data(
     assert main(["knn", *common]) == 0
     knn = json.loads((tmp_path / "knn.json").read_text())
     assert knn["test"]["top1"] > 30
+
+
+def test_augmented_linear_eval_trains_only_the_classifier(
+    pretrained_checkpoint: Path, tmp_path: Path
+) -> None:
+    from simclrv2.checkpoint import load_checkpoint
+
+    args = [
+        "linear-eval", "--augmented", "--pretrained", str(pretrained_checkpoint),
+        "--set", "data.name=synthetic", "--set", "data.synthetic_size=96", "--set", "precision=fp32",
+        "--set", f"run_dir={tmp_path}", "--set", "batch_size=32", "--set", "epochs=2",
+    ]  # fmt: skip
+    assert main(args) == 0
+    res = json.loads((tmp_path / "linear_eval.json").read_text())
+    assert res["stage"] == "linear_eval" and res["step"] == 6 and 0 <= res["test"]["top1"] <= 100
+    after = load_checkpoint(tmp_path / "last.pt")["model"]
+    before = load_checkpoint(pretrained_checkpoint)["model"]
+    for key, value in after.items():
+        if key.startswith("backbone."):  # frozen, BN running statistics included (eval mode)
+            assert torch.equal(value, before["model." + key]), key
+    assert after["classifier.weight"].abs().sum() > 0  # zero-initialised, then trained

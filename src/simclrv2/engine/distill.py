@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from simclrv2.checkpoint import CheckpointError, load_checkpoint
 from simclrv2.config import ConfigError, DistillConfig
-from simclrv2.data.subsets import load_indices
+from simclrv2.data.subsets import load_indices, subset_data
 from simclrv2.engine.classify import ClassifierTrainer, TrainSettings, check_run_dir
 from simclrv2.engine.finetune import build_model, build_model_from_checkpoint, load_split_pair, model_arch
 from simclrv2.engine.runtime import autocast, resolve_device, resolve_precision, seed_everything
@@ -73,16 +73,18 @@ def distill(config: DistillConfig, resume: bool = False, show_progress: bool = T
 
     train, test = load_split_pair(config.data, config.seed)
     labels = torch.full_like(train.labels, -1)  # unlabeled unless alpha < 1 asks for the teacher's labels
-    if config.alpha < 1.0:
+    if config.alpha < 1.0 or config.exclude_labeled:
         index_file = teacher_ckpt.get("label_index_file")
         if not index_file or not Path(index_file).is_file():
             raise ConfigError(
-                f"alpha={config.alpha} < 1 mixes in the labeled loss, but the teacher's label index file "
+                f"alpha < 1 and exclude_labeled need the teacher's labeled subset, but its index file "
                 f"{index_file!r} is missing; use alpha=1 (unlabeled only) or keep the fine-tuning run dir"
             )
         idx = load_indices(index_file)
         labels[idx] = train.labels[idx]
     train.labels = labels
+    if config.exclude_labeled:
+        train = subset_data(train, (labels < 0).nonzero().squeeze(1))
 
     teacher = build_model_from_checkpoint(teacher_ckpt).to(device)
     teacher.eval().requires_grad_(False)

@@ -288,7 +288,8 @@ def write_pipeline_report(root: Path, results: dict[str, Any]) -> Path:
     fig_dir = root / "figures"
     columns = results["columns"]
     table = {
-        row: {col: (v["mean"], v["std"]) for col, v in cells.items()}
+        # mean +- std across seeds; a single run is shown as a plain value (no misleading "+- 0.0")
+        row: {col: (v["mean"], v["std"]) if v["n"] > 1 else v["mean"] for col, v in cells.items()}
         for row, cells in results["table"].items()
     }
     figures: dict[str, Path] = {}
