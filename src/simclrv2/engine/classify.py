@@ -40,7 +40,7 @@ from simclrv2.checkpoint import (
 from simclrv2.config import ConfigError, save_config
 from simclrv2.data import BatchLoader, ImageData, crop_flip
 from simclrv2.engine.evaluate import extract_features, topk_accuracy
-from simclrv2.engine.runtime import MetricsLogger, autocast, step_generator
+from simclrv2.engine.runtime import MetricsLogger, autocast, progress, step_generator
 from simclrv2.optim import LARS, param_groups, set_learning_rate, warmup_cosine
 
 __all__ = [
@@ -380,7 +380,7 @@ class ClassifierTrainer:
         step = self._start(resume)
         stop_at = self.total_steps if s.max_steps is None else min(self.total_steps, s.max_steps)
         logger = MetricsLogger(self.run_dir)
-        bar = tqdm(total=stop_at, initial=step, desc=s.stage, unit="step", disable=not s.show_progress)
+        bar = progress(total=stop_at, initial=step, desc=s.stage, unit="step", disable=not s.show_progress)
         loss_sum = torch.zeros((), device=s.device)
         window, t0 = 0, time.time()
         train_time, train_images = 0.0, 0

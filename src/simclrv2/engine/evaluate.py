@@ -10,11 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from simclrv2 import distributed
 from simclrv2.data import BatchLoader, ImageData, center_crop
-from simclrv2.engine.runtime import autocast, eval_mode
+from simclrv2.engine.runtime import autocast, eval_mode, progress
 
 
 @torch.no_grad()
@@ -42,13 +40,7 @@ def extract_features(
     feats, labels = [], []
     seen = 0
     total = len(loader) if limit is None else min(len(loader), -(-limit // batch_size))
-    bar = tqdm(
-        loader.epoch(0),
-        total=total,
-        desc=desc,
-        leave=False,
-        disable=not (show_progress and distributed.is_main_process()),
-    )
+    bar = progress(loader.epoch(0), total=total, desc=desc, leave=False, disable=not show_progress)
     with eval_mode(backbone):
         for images, targets in bar:
             if limit is not None and seen >= limit:

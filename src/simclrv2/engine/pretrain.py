@@ -36,6 +36,7 @@ from simclrv2.engine.runtime import (
     MetricsLogger,
     autocast,
     device_type,
+    progress,
     resolve_device,
     resolve_precision,
     seed_everything,
@@ -383,13 +384,7 @@ class _Trainer:
         s, c = self.s, self.c
         stop_at = s.total_steps if c.max_steps is None else min(s.total_steps, c.max_steps)
         step = start_step
-        bar = tqdm(
-            total=stop_at,
-            initial=step,
-            desc="pretrain",
-            unit="step",
-            disable=not distributed.is_main_process(),
-        )
+        bar = progress(total=stop_at, initial=step, desc="pretrain", unit="step")
         loss_sum = torch.zeros((), device=s.device)
         probe_sum = torch.zeros((), device=s.device)
         window_steps, window_start = 0, time.time()
@@ -423,8 +418,9 @@ class _Trainer:
                 finished_epoch = step // s.steps_per_epoch
                 every = c.eval.knn_every_epochs
                 if (every and finished_epoch % every == 0) or step == s.total_steps:
+                    t_eval = time.time()
                     self.evaluate(step)
-                    window_start = time.time()  # kNN time is not training throughput
+                    window_start += time.time() - t_eval  # evaluation time is not training throughput
             self.save(step)
         bar.close()
         if self.knn_step != step and s.test is not None:

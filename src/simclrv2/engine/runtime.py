@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from simclrv2 import distributed
 
@@ -62,6 +64,15 @@ def step_generator(device: torch.device, seed: int, step: int, rank: int = 0) ->
     gen = torch.Generator(device=device)
     gen.manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
     return gen
+
+
+def progress(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:
+    """A tqdm bar that updates at most every 30 s when stderr is not a terminal (a log file or CI), so a
+    long run does not write a line per step; shown on the main process only."""
+    if not sys.stderr.isatty():
+        kwargs.setdefault("mininterval", 30.0)
+    kwargs["disable"] = kwargs.get("disable", False) or not distributed.is_main_process()
+    return tqdm(iterable, **kwargs)
 
 
 def seed_everything(seed: int) -> None:
