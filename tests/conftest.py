@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny pretraining checkpoint made once per session through the CLI."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,24 @@ def pretrained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("pretrain") / "run"
     assert main(["pretrain", *sets(*TINY_PRETRAIN, f"run_dir={run}")]) == 0
     return run / "last.pt"
+
+
+def _have_fashion_mnist() -> bool:
+    from simclrv2.data import find_fashion_mnist
+
+    try:
+        find_fashion_mnist(None)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``fashion_mnist`` need the real data set. Without it they are skipped on a developer's
+    machine, but not under CI (``CI`` set), where ``make test`` installs it: there they fail loudly."""
+    if os.environ.get("CI") or _have_fashion_mnist():
+        return
+    skip = pytest.mark.skip(reason="needs Fashion-MNIST (apt-get install dataset-fashion-mnist)")
+    for item in items:
+        if "fashion_mnist" in item.keywords:
+            item.add_marker(skip)

@@ -393,3 +393,13 @@ def test_to_float_rgb() -> None:
     torch.testing.assert_close(out, images.float().repeat(1, 3, 1, 1) / 255)
     floats = torch.rand(2, 3, 5, 5, dtype=torch.float64)
     torch.testing.assert_close(to_float_rgb(floats), floats.float())
+
+
+def test_two_view_batch_is_the_two_views_in_one_tensor() -> None:
+    from simclrv2.data.augment import two_view_batch
+
+    images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
+    cfg = AugmentConfig(crop_size=28, color_strength=0.5)
+    a, b = two_views(images, cfg, torch.Generator().manual_seed(3))
+    batch = two_view_batch(images, cfg, torch.Generator().manual_seed(3))
+    assert torch.equal(batch, torch.cat([a, b]))

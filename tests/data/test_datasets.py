@@ -17,10 +17,6 @@ from simclrv2.data.datasets import DATASETS, ImageData, find_fashion_mnist, load
 from simclrv2.data.loader import BatchLoader
 
 SYSTEM_FMNIST = datasets.FASHION_MNIST_SYSTEM_DIR
-needs_fmnist = pytest.mark.skipif(
-    not (SYSTEM_FMNIST / "t10k-labels-idx1-ubyte.gz").is_file(),
-    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
-)
 
 
 @pytest.fixture
@@ -31,7 +27,7 @@ def no_system_fmnist(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------- Fashion-MNIST
 
 
-@needs_fmnist
+@pytest.mark.fashion_mnist
 def test_fashion_mnist_from_debian_path() -> None:
     train = load_dataset("fashion-mnist", "train")
     test = load_dataset("fashion-mnist", "test")
@@ -49,7 +45,7 @@ def test_fashion_mnist_from_debian_path() -> None:
     assert train.images.float().mean() > 50  # real pixels, not zeros
 
 
-@needs_fmnist
+@pytest.mark.fashion_mnist
 def test_fashion_mnist_from_root_uncompressed(tmp_path: Path, no_system_fmnist: None) -> None:
     raw = tmp_path / "FashionMNIST" / "raw"  # torchvision's layout
     raw.mkdir(parents=True)
@@ -62,7 +58,7 @@ def test_fashion_mnist_from_root_uncompressed(tmp_path: Path, no_system_fmnist: 
     assert torch.equal(test.images[:, 0], torch.from_numpy(reference.copy()))
 
 
-@needs_fmnist
+@pytest.mark.fashion_mnist
 def test_fashion_mnist_root_itself_gzipped(tmp_path: Path, no_system_fmnist: None) -> None:
     for gz in SYSTEM_FMNIST.glob("*.gz"):
         shutil.copy(gz, tmp_path / gz.name)

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from simclrv2.config import ConfigError, PipelineConfig, load_config
-from simclrv2.data import find_fashion_mnist
 from simclrv2.engine.pipeline import Pipeline, labels_slug
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -73,18 +72,8 @@ def test_bad_pipeline_config_fails_before_work(tmp_path: Path) -> None:
     assert labels_slug("1%") == "1pct" and labels_slug("10/class") == "10-per-class"
 
 
-def _have_fashion_mnist() -> bool:
-    try:
-        find_fashion_mnist(None)
-    except FileNotFoundError:
-        return False
-    return True
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not _have_fashion_mnist(), reason="needs Fashion-MNIST (apt-get install dataset-fashion-mnist)"
-)
+@pytest.mark.fashion_mnist
 def test_small_pipeline_on_fashion_mnist_beats_chance_by_far(tmp_path: Path) -> None:
     """About a minute of CPU: short pretraining, 10% labels, every stage; fine-tuning must be far above the
     10% of chance (measured: see the assertion message), and the report complete."""

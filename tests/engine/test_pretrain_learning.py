@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from simclrv2.config import PretrainConfig, load_config
-from simclrv2.data import find_fashion_mnist, load_dataset
+from simclrv2.data import load_dataset
 from simclrv2.engine.evaluate import knn_accuracy
 from simclrv2.engine.pretrain import build_simclr_model, pretrain
 from simclrv2.engine.runtime import seed_everything
@@ -22,18 +22,8 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "fashion_mnist.yaml"
 BANK = 10_000
 
 
-def _have_fashion_mnist() -> bool:
-    try:
-        find_fashion_mnist(None)
-    except FileNotFoundError:
-        return False
-    return True
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not _have_fashion_mnist(), reason="needs Fashion-MNIST (apt-get install dataset-fashion-mnist)"
-)
+@pytest.mark.fashion_mnist
 def test_short_pretraining_raises_knn_accuracy_well_above_the_untrained_network(tmp_path: Path) -> None:
     config = load_config(
         PretrainConfig,

@@ -6,6 +6,7 @@ from simclrv2.data.augment import (
     crop_flip,
     simclr_augment,
     to_float_rgb,
+    two_view_batch,
     two_views,
 )
 from simclrv2.data.datasets import DATASETS, ImageData, find_fashion_mnist, load_dataset
@@ -42,5 +43,6 @@ __all__ = [
     "split_validation",
     "subset_data",
     "to_float_rgb",
+    "two_view_batch",
     "two_views",
 ]

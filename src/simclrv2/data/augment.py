@@ -91,6 +91,7 @@ __all__ = [
     "sample_crop_boxes",
     "simclr_augment",
     "to_float_rgb",
+    "two_view_batch",
     "two_views",
 ]
 
@@ -204,14 +205,21 @@ def simclr_augment(images: Tensor, cfg: AugmentConfig, generator: torch.Generato
 
     Returns ``(N, 3, crop, crop)`` float32 in [0, 1], contiguous, on ``images.device``.
     """
-    return _simclr_views(images, cfg, generator, num_views=1)[0]
+    return _simclr_views(images, cfg, generator, num_views=1)
 
 
 def two_views(images: Tensor, cfg: AugmentConfig, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Two independent pretraining views of every image (SPEC.md §5), drawn as one 2N batch (one pass of
     colour ops over both views)."""
-    view_a, view_b = _simclr_views(images, cfg, generator, num_views=2)
-    return view_a, view_b
+    views = two_view_batch(images, cfg, generator)
+    n = images.shape[0]
+    return views[:n], views[n:]
+
+
+def two_view_batch(images: Tensor, cfg: AugmentConfig, generator: torch.Generator) -> Tensor:
+    """:func:`two_views` as the one ``(2N, 3, crop, crop)`` batch it is computed in (view a in rows ``:N``,
+    view b in ``N:``): what the model's single forward pass over both views takes, without a copy."""
+    return _simclr_views(images, cfg, generator, num_views=2)
 
 
 def crop_flip(
@@ -579,9 +587,8 @@ def _to_rgb(x: Tensor) -> Tensor:
     return x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x
 
 
-def _simclr_views(
-    images: Tensor, cfg: AugmentConfig, generator: torch.Generator, num_views: int
-) -> list[Tensor]:
+def _simclr_views(images: Tensor, cfg: AugmentConfig, generator: torch.Generator, num_views: int) -> Tensor:
+    """``num_views`` views of every image as one batch, view ``v`` of image ``i`` at row ``v * N + i``."""
     _check_images(images)
     n, _, h, w = images.shape
     boxes, flips = [], []
@@ -591,10 +598,9 @@ def _simclr_views(
     total = n * num_views
     color = sample_color_params(total, cfg, generator)
     blur = sample_blur_params(total, cfg, generator) if cfg.blur else None
-    out = _augment_blocks(
+    return _augment_blocks(
         images, torch.cat(boxes), torch.cat(flips), cfg.crop_size, color, blur, cfg.brightness_mode
     )
-    return [out[v * n : (v + 1) * n] for v in range(num_views)]
 
 
 def _block_size(device: torch.device, values_per_image: int) -> int:

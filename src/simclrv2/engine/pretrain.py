@@ -30,7 +30,7 @@ from simclrv2.checkpoint import (
     unwrap,
 )
 from simclrv2.config import ConfigError, PretrainConfig, save_config, to_dict
-from simclrv2.data import AugmentConfig, BatchLoader, ImageData, load_dataset, two_views
+from simclrv2.data import AugmentConfig, BatchLoader, ImageData, load_dataset, two_view_batch
 from simclrv2.engine.evaluate import extract_features, knn_classify, topk_accuracy
 from simclrv2.engine.runtime import (
     MetricsLogger,
@@ -225,27 +225,25 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
 def contrastive_step(
     module: nn.Module,
     optimizer: torch.optim.Optimizer,
-    view_a: Tensor,
-    view_b: Tensor,
+    views: Tensor,
     labels: Tensor,
     temperature: float,
     device: torch.device,
     precision: str,
     channels_last: bool = True,
 ) -> tuple[Tensor, Tensor | None]:
-    """One pretraining step on this rank's views: both views in one forward pass (BN statistics over both,
-    as in the official code), NT-Xent with negatives from all ranks, the probe loss, backward, step.
+    """One pretraining step on this rank's views (``views``: view a of its N images, then view b): both views
+    in one forward pass (BN statistics over both, as in the official code), NT-Xent with negatives from all
+    ranks, the probe loss, backward, step.
 
     ``module`` is a :class:`PretrainModule`, DDP-wrapped under torchrun. Returns the detached NT-Xent and
     probe losses (no host sync).
     """
-    x = torch.cat([view_a, view_b])
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    x = views.contiguous(memory_format=torch.channels_last) if channels_last else views
     with autocast(device, precision):
         outputs, logits = module(x)
     z = outputs[-1]
-    n = view_a.shape[0]
+    n = views.shape[0] // 2
     loss = nt_xent(z[:n], z[n:], temperature)  # similarity/softmax in fp32 inside
     # nt_xent is the mean over the 2N anchors (the paper's Algorithm 1, the value we log). The official
     # code optimises the *sum* of the two directions (2x that); with LARS the loss scale is not absorbed
@@ -303,21 +301,9 @@ class _Trainer:
         s, c = self.s, self.c
         set_learning_rate(self.optimizer, warmup_cosine(step, s.total_steps, s.warmup_steps, s.peak_lr))
         gen = step_generator(s.device, c.seed, step, distributed.get_rank())
-        view_a, view_b = two_views(images, s.augment, gen)
-        return self.step_on_views(view_a, view_b, labels)
-
-    def step_on_views(self, view_a: Tensor, view_b: Tensor, labels: Tensor) -> tuple[Tensor, Tensor | None]:
-        s, c = self.s, self.c
+        views = two_view_batch(images, s.augment, gen)
         return contrastive_step(
-            self.module,
-            self.optimizer,
-            view_a,
-            view_b,
-            labels,
-            c.temperature,
-            s.device,
-            s.precision,
-            c.channels_last,
+            self.module, self.optimizer, views, labels, c.temperature, s.device, s.precision, c.channels_last
         )
 
     def evaluate(self, step: int) -> None:
