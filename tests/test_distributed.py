@@ -78,7 +78,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
                 "reference_grad": reference_local.grad,
                 "no_grad": no_grad,
                 "no_grad_requires_grad": no_grad.requires_grad,
-                "sync_bn": isinstance(bn_model[0], nn.SyncBatchNorm),
+                "global_bn": isinstance(bn_model[0], distributed.GlobalBatchNorm),  # CPU model: ours
             },
             Path(out_dir) / f"{rank}.pt",
         )
@@ -105,4 +105,4 @@ def test_two_processes(tmp_path: Path) -> None:
         assert torch.equal(result["grad"], result["reference_grad"])
         assert torch.equal(result["no_grad"], expected_gathered)
         assert not result["no_grad_requires_grad"]
-        assert result["sync_bn"]
+        assert result["global_bn"]

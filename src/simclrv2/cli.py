@@ -25,6 +25,11 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override one setting, dotted keys for sections (repeatable), e.g. --set data.root=/data",
     )
+    parser.add_argument(
+        "--device",
+        metavar="DEVICE",
+        help="cpu, cuda (under torchrun: each rank's GPU LOCAL_RANK) or auto (the config's default)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,6 +200,7 @@ def _add_use_commands(sub: argparse._SubParsersAction) -> None:
 def _flag_overrides(args: argparse.Namespace, mapping: dict[str, str]) -> list[str]:
     """Dedicated flags become --set overrides (applied after the YAML file and --set, so they win)."""
     out = []
+    mapping = {"device": "device", **mapping}
     for attr, key in mapping.items():
         value = getattr(args, attr, None)
         if value is not None:
@@ -202,13 +208,21 @@ def _flag_overrides(args: argparse.Namespace, mapping: dict[str, str]) -> list[s
     return [*args.overrides, *out]
 
 
+def _print(text: str) -> None:
+    """Results on stdout once, from rank 0 (every rank runs the command under torchrun)."""
+    from simclrv2.distributed import is_main_process
+
+    if is_main_process():
+        print(text)
+
+
 def _run_pretrain(args: argparse.Namespace) -> int:
     from simclrv2.config import PretrainConfig, load_config
     from simclrv2.engine.pretrain import pretrain
 
-    config = load_config(PretrainConfig, args.config, args.overrides)
+    config = load_config(PretrainConfig, args.config, _flag_overrides(args, {}))
     results = pretrain(config, resume=args.resume)
-    print(json.dumps(results, indent=2))
+    _print(json.dumps(results, indent=2))
     return 0
 
 
@@ -220,7 +234,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         args, {"pretrained": "pretrained", "labels": "labels", "from_layer": "from_layer"}
     )
     config = load_config(FinetuneConfig, args.config, overrides)
-    print(json.dumps(finetune(config, resume=args.resume), indent=2))
+    _print(json.dumps(finetune(config, resume=args.resume), indent=2))
     return 0
 
 
@@ -234,7 +248,7 @@ def _run_linear_eval(args: argparse.Namespace) -> int:
         _flag_overrides(args, {"pretrained": "pretrained", "labels": "labels", "augmented": "augmented"}),
     )
     run = linear_eval if args.command == "linear-eval" else knn_eval
-    print(json.dumps(run(config), indent=2))
+    _print(json.dumps(run(config), indent=2))
     return 0
 
 
@@ -245,7 +259,7 @@ def _run_supervised(args: argparse.Namespace) -> int:
     config = load_config(
         SupervisedConfig, args.config, _flag_overrides(args, {"labels": "labels", "model": "backbone"})
     )
-    print(json.dumps(supervised(config, resume=args.resume), indent=2))
+    _print(json.dumps(supervised(config, resume=args.resume), indent=2))
     return 0
 
 
@@ -255,7 +269,7 @@ def _run_distill(args: argparse.Namespace) -> int:
 
     mapping = {"teacher": "teacher", "student": "student", "temperature": "temperature", "alpha": "alpha"}
     config = load_config(DistillConfig, args.config, _flag_overrides(args, mapping))
-    print(json.dumps(distill(config, resume=args.resume), indent=2))
+    _print(json.dumps(distill(config, resume=args.resume), indent=2))
     return 0
 
 
@@ -263,10 +277,14 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     from simclrv2.config import PipelineConfig, load_config
     from simclrv2.engine.pipeline import Pipeline
 
-    config = load_config(PipelineConfig, args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.device is not None:  # every stage's section
+        sections = ("pretrain", "finetune", "linear_eval", "distill", "supervised")
+        overrides += [f"{section}.device={json.dumps(args.device)}" for section in sections]
+    config = load_config(PipelineConfig, args.config, overrides)
     results = Pipeline(config, command=" ".join(["simclrv2", *sys.argv[1:]])).run()
-    print(json.dumps({"table": results["table"], "wall_seconds": results["wall_seconds"]}, indent=2))
-    print(f"report: {config.run_dir}/report.md")
+    _print(json.dumps({"table": results["table"], "wall_seconds": results["wall_seconds"]}, indent=2))
+    _print(f"report: {config.run_dir}/report.md")
     return 0
 
 

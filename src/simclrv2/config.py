@@ -690,4 +690,9 @@ _SECTIONS = {
 
 
 def save_config(config: Any, path: str | Path) -> None:
+    """``config`` as YAML (main process only under torchrun)."""
+    from simclrv2.distributed import is_main_process
+
+    if not is_main_process():
+        return
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))

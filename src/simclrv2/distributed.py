@@ -20,15 +20,19 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 __all__ = [
+    "GlobalBatchNorm",
     "barrier",
     "convert_sync_batchnorm",
     "gather_no_grad",
+    "gather_uneven",
     "gather_with_grad",
     "get_rank",
     "get_world_size",
     "init_from_env",
     "is_distributed",
     "is_main_process",
+    "reduce_mean",
+    "shard_range",
 ]
 
 
@@ -133,20 +137,157 @@ def gather_no_grad(tensor: Tensor) -> Tensor:
     return torch.cat(gathered, dim=0)
 
 
+@torch.no_grad()
+def reduce_mean(tensor: Tensor) -> Tensor:
+    """The mean of ``tensor`` over ranks (a new tensor; no gradient); the identity in one process.
+
+    For logging: each rank's loss is the mean over its own anchors, so with equal shards the mean over
+    ranks is the loss of the global batch, the number a single process would log.
+    """
+    if get_world_size() == 1:
+        return tensor.detach()
+    out = tensor.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / get_world_size()
+
+
+def shard_range(n: int, rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """``[start, stop)`` of rank ``rank``'s contiguous share of ``n`` items (evaluation sharding).
+
+    The first ``n % world_size`` ranks get one item more, so every item belongs to exactly one rank and the
+    rank-order concatenation of the shares is ``range(n)``: gathering per-rank results with
+    :func:`gather_uneven` restores dataset order with no duplicate and no padding row.
+    """
+    rank = get_rank() if rank is None else rank
+    world = get_world_size() if world_size is None else world_size
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+@torch.no_grad()
+def gather_uneven(tensor: Tensor) -> Tensor:
+    """Concatenate ``tensor`` from all ranks along dim 0 when ranks hold different numbers of rows.
+
+    ``all_gather`` needs equal shapes, so every rank pads to the largest row count, gathers, and drops the
+    padding using the gathered row counts: the result has exactly ``sum(rows)`` rows, rank 0's first. Every
+    rank gets the whole result (no gradient). The identity without a process group.
+    """
+    if get_world_size() == 1:
+        return tensor.detach()
+    tensor = tensor.contiguous()
+    rows = torch.tensor([tensor.shape[0]], device=tensor.device)
+    counts = gather_no_grad(rows).tolist()
+    longest = max(counts)
+    padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    gathered = gather_no_grad(padded)
+    return torch.cat([gathered[r * longest : r * longest + c] for r, c in enumerate(counts)])
+
+
 def barrier() -> None:
     """Synchronise all ranks; a no-op without a process group."""
     if is_distributed():
         dist.barrier()
 
 
-def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
-    """Return ``model`` with every BatchNorm replaced by SyncBatchNorm when world size > 1.
+def convert_sync_batchnorm(model: nn.Module, device_type: str | None = None) -> nn.Module:
+    """Return ``model`` with every BatchNorm computing global-batch statistics when world size > 1.
 
-    Global BN (SPEC.md section 3): statistics over the global batch, head included, so the model
-    cannot cheat through per-device batch statistics. Only ``_BatchNorm`` subclasses are converted,
-    so custom normalisation modules must be built from ``nn.BatchNorm*`` to be covered.
-    With a single process the model is returned unchanged (SyncBatchNorm would need a group).
+    Global BN (SPEC.md section 3): statistics over the global batch, head included, so the model cannot
+    cheat through per-device batch statistics. On CUDA this is torch's ``SyncBatchNorm`` (NCCL, fused
+    kernels); elsewhere :class:`GlobalBatchNorm`, because torch's SyncBatchNorm refuses CPU tensors and
+    gloo is the CPU backend. Only ``_BatchNorm`` subclasses are converted, so custom normalisation modules
+    must be built from ``nn.BatchNorm*`` to be covered. With a single process the model is returned
+    unchanged (there is nothing to synchronise). ``device_type`` defaults to the device of the model's
+    first parameter.
     """
-    if get_world_size() > 1:
+    if get_world_size() == 1:
+        return model
+    if device_type is None:
+        device_type = next((p.device.type for p in model.parameters()), "cpu")
+    if device_type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model
+    return GlobalBatchNorm.convert(model)
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the global batch of all ranks, for any backend (gloo on CPU included).
+
+    Why our own: ``nn.SyncBatchNorm`` raises on CPU tensors, and multi-process CPU training (gloo) is a
+    supported setup (tests, CPU clusters). Semantics follow SyncBatchNorm: in training mode with more than
+    one rank, each rank computes its per-channel count, mean and sum of squared deviations (``var_mean``,
+    numerically stable), the ranks exchange them through :func:`gather_with_grad` (so the backward sums every
+    rank's gradient with respect to the statistics, exactly as if the global batch were on one device), and
+    Chan's parallel formula combines them. Running statistics use the unbiased global variance. In eval mode,
+    or with one rank, it is plain BatchNorm. The statistics and the normalisation run in float32 (the output
+    is cast back to the input's dtype), as torch's BN does under autocast.
+
+    Accepts (N, C) and (N, C, *) inputs, so it replaces BatchNorm1d and BatchNorm2d alike.
+    """
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (N, C, ...), got {input.dim()}D")
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        if not (self.training and get_world_size() > 1):
+            return super().forward(input)
+        dims = [0, *range(2, input.dim())]
+        x = input.to(torch.promote_types(input.dtype, torch.float32))  # fp32 (fp64 stays fp64)
+        var, mean = torch.var_mean(x, dim=dims, correction=0)
+        count = torch.full((1,), x.numel() / x.shape[1], dtype=x.dtype, device=x.device)
+        stats = gather_with_grad(torch.cat([count, mean, var * count]).unsqueeze(0))  # (world, 1 + 2C)
+        channels = mean.shape[0]
+        counts, means, m2s = stats[:, :1], stats[:, 1 : 1 + channels], stats[:, 1 + channels :]
+        total = counts.sum()
+        global_mean = (counts * means).sum(0) / total
+        global_var = (m2s + counts * (means - global_mean) ** 2).sum(0) / total
+        if self.track_running_stats:
+            self._update_running_stats(global_mean.detach(), global_var.detach(), float(total.detach()))
+        shape = [1, channels] + [1] * (input.dim() - 2)
+        scale = torch.rsqrt(global_var + self.eps)
+        if self.weight is not None:
+            scale = scale * self.weight.to(x.dtype)
+        y = (x - global_mean.view(shape)) * scale.view(shape)
+        if self.bias is not None:
+            y = y + self.bias.to(x.dtype).view(shape)
+        return y.to(input.dtype)
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: Tensor, var: Tensor, count: float) -> None:
+        assert self.running_mean is not None and self.running_var is not None
+        assert self.num_batches_tracked is not None
+        self.num_batches_tracked.add_(1)
+        momentum = (
+            1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        )  # momentum None = cumulative moving average, as in _BatchNorm
+        unbiased = var * (count / max(count - 1.0, 1.0))
+        self.running_mean.mul_(1 - momentum).add_(mean.to(self.running_mean.dtype), alpha=momentum)
+        self.running_var.mul_(1 - momentum).add_(unbiased.to(self.running_var.dtype), alpha=momentum)
+
+    @classmethod
+    def convert(cls, module: nn.Module) -> nn.Module:
+        """``module`` with every ``_BatchNorm`` replaced by a GlobalBatchNorm sharing its parameters and
+        buffers (what ``SyncBatchNorm.convert_sync_batchnorm`` does for GPUs). β stays absent where the
+        original has none (the head's scale-only BN)."""
+        out = module
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, cls):
+            out = cls(
+                module.num_features, module.eps, module.momentum, module.affine, module.track_running_stats
+            )
+            if module.affine:
+                with torch.no_grad():
+                    out.weight = module.weight
+                    if module.bias is None:
+                        out.register_parameter("bias", None)
+                    else:
+                        out.bias = module.bias
+            out.running_mean = module.running_mean
+            out.running_var = module.running_var
+            out.num_batches_tracked = module.num_batches_tracked
+            out.training = module.training
+        for name, child in module.named_children():
+            out.add_module(name, cls.convert(child))
+        return out

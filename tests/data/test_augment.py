@@ -18,6 +18,7 @@ from simclrv2.data.augment import (
     crop_flip,
     simclr_augment,
     to_float_rgb,
+    two_view_batch,
     two_views,
 )
 
@@ -403,3 +404,37 @@ def test_two_view_batch_is_the_two_views_in_one_tensor() -> None:
     a, b = two_views(images, cfg, torch.Generator().manual_seed(3))
     batch = two_view_batch(images, cfg, torch.Generator().manual_seed(3))
     assert torch.equal(batch, torch.cat([a, b]))
+
+
+@pytest.mark.parametrize("blur", [False, True])
+def test_shards_of_one_global_draw_equal_the_single_process_views(blur: bool) -> None:
+    """Rank r of W augments its N/W images with rows of the global draw: concatenating the ranks' views
+    (view a of every rank, then view b) reproduces the one-process batch exactly, and no two ranks repeat."""
+    images = (torch.rand(12, 3, 20, 20) * 255).to(torch.uint8)
+    cfg = AugmentConfig(crop_size=16, blur=blur)
+    whole = two_view_batch(images, cfg, torch.Generator().manual_seed(3))
+    world, n = 3, 4
+    parts = [
+        two_view_batch(images[r * n : (r + 1) * n], cfg, torch.Generator().manual_seed(3), shard=(r, world))
+        for r in range(world)
+    ]
+    view_a = torch.cat([p[:n] for p in parts])
+    view_b = torch.cat([p[n:] for p in parts])
+    assert torch.equal(torch.cat([view_a, view_b]), whole)
+    # identical images on two ranks still get different views
+    same = images[:4]
+    r0 = two_view_batch(same, cfg, torch.Generator().manual_seed(3), shard=(0, 2))
+    r1 = two_view_batch(same, cfg, torch.Generator().manual_seed(3), shard=(1, 2))
+    assert not torch.equal(r0, r1)
+
+
+def test_crop_flip_shards_equal_the_single_process_batch() -> None:
+    images = (torch.rand(8, 1, 28, 28) * 255).to(torch.uint8)
+    whole = crop_flip(images, 24, torch.Generator().manual_seed(5))
+    parts = [
+        crop_flip(images[r * 4 : (r + 1) * 4], 24, torch.Generator().manual_seed(5), shard=(r, 2))
+        for r in (0, 1)
+    ]
+    assert torch.equal(torch.cat(parts), whole)
+    with pytest.raises(ValueError, match="shard rank"):
+        crop_flip(images, 24, torch.Generator(), shard=(2, 2))

@@ -74,6 +74,7 @@ __all__ = [
     "AugmentConfig",
     "BlurParams",
     "ColorParams",
+    "Shard",
     "adjust_brightness_",
     "adjust_contrast_",
     "adjust_hue_",
@@ -173,6 +174,10 @@ class ColorParams:
         """The parameters of images ``start:stop``."""
         return ColorParams(*(t[start:stop] for t in self._tensors()))
 
+    def select(self, rows: Tensor) -> ColorParams:
+        """The parameters of the images at ``rows`` (an index tensor on the parameters' device)."""
+        return ColorParams(*(t.index_select(0, rows) for t in self._tensors()))
+
     def _tensors(self) -> tuple[Tensor, ...]:
         return (
             self.apply,
@@ -196,8 +201,31 @@ class BlurParams:
         """The parameters of images ``start:stop``."""
         return BlurParams(self.apply[start:stop], self.sigma[start:stop])
 
+    def select(self, rows: Tensor) -> BlurParams:
+        """The parameters of the images at ``rows``."""
+        return BlurParams(self.apply.index_select(0, rows), self.sigma.index_select(0, rows))
+
 
 # --- Public entry points ---
+
+
+Shard = tuple[int, int]
+"""``(rank, world_size)``: the caller's images are shard ``rank`` of a global batch of ``world_size`` equal
+shards (rows ``rank * N : (rank + 1) * N``). Random parameters are drawn for the whole global batch and each
+rank keeps its rows, so N ranks augment exactly as one process with the global batch does (SPEC 3: N ranks
+== 1 rank), with no repeats across ranks, and a run may resume under another world size."""
+
+
+def _shard_rows(n: int, shard: Shard, num_views: int, device: torch.device) -> Tensor | None:
+    """Rows of this rank's images in parameters drawn for ``num_views`` views of the global batch (view
+    ``v`` of global image ``j`` at row ``v * N_global + j``); None for a single process (all rows)."""
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard rank {rank} is not in [0, world_size={world})")
+    if world == 1:
+        return None
+    local = torch.arange(rank * n, (rank + 1) * n, device=device)
+    return torch.cat([local + v * n * world for v in range(num_views)])
 
 
 def simclr_augment(images: Tensor, cfg: AugmentConfig, generator: torch.Generator) -> Tensor:
@@ -216,10 +244,13 @@ def two_views(images: Tensor, cfg: AugmentConfig, generator: torch.Generator) ->
     return views[:n], views[n:]
 
 
-def two_view_batch(images: Tensor, cfg: AugmentConfig, generator: torch.Generator) -> Tensor:
+def two_view_batch(
+    images: Tensor, cfg: AugmentConfig, generator: torch.Generator, shard: Shard = (0, 1)
+) -> Tensor:
     """:func:`two_views` as the one ``(2N, 3, crop, crop)`` batch it is computed in (view a in rows ``:N``,
-    view b in ``N:``): what the model's single forward pass over both views takes, without a copy."""
-    return _simclr_views(images, cfg, generator, num_views=2)
+    view b in ``N:``): what the model's single forward pass over both views takes, without a copy.
+    ``shard``: see :data:`Shard` (multi-process training)."""
+    return _simclr_views(images, cfg, generator, num_views=2, shard=shard)
 
 
 def crop_flip(
@@ -227,13 +258,18 @@ def crop_flip(
     crop_size: int,
     generator: torch.Generator,
     crop_scale: tuple[float, float] = (0.08, 1.0),
+    shard: Shard = (0, 1),
 ) -> Tensor:
     """Fine-tuning and distillation augmentation: random resized crop + horizontal flip only (SPEC.md §5, §6).
-    Returns ``(N, 3, crop_size, crop_size)`` float32 in [0, 1]."""
+    Returns ``(N, 3, crop_size, crop_size)`` float32 in [0, 1]. ``shard``: see :data:`Shard`."""
     _check_images(images)
     n, _, h, w = images.shape
-    boxes = sample_crop_boxes(n, h, w, generator, crop_scale)
-    flip = _rand(generator, n) < 0.5
+    total = n * shard[1]
+    boxes = sample_crop_boxes(total, h, w, generator, crop_scale)
+    flip = _rand(generator, total) < 0.5
+    rows = _shard_rows(n, shard, 1, boxes.device)
+    if rows is not None:
+        boxes, flip = boxes.index_select(0, rows), flip.index_select(0, rows)
     return _augment_blocks(images, boxes, flip, crop_size)
 
 
@@ -587,20 +623,26 @@ def _to_rgb(x: Tensor) -> Tensor:
     return x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x
 
 
-def _simclr_views(images: Tensor, cfg: AugmentConfig, generator: torch.Generator, num_views: int) -> Tensor:
+def _simclr_views(
+    images: Tensor, cfg: AugmentConfig, generator: torch.Generator, num_views: int, shard: Shard = (0, 1)
+) -> Tensor:
     """``num_views`` views of every image as one batch, view ``v`` of image ``i`` at row ``v * N + i``."""
     _check_images(images)
     n, _, h, w = images.shape
+    n_global = n * shard[1]
     boxes, flips = [], []
     for _ in range(num_views):
-        boxes.append(sample_crop_boxes(n, h, w, generator, cfg.crop_scale, cfg.crop_ratio))
-        flips.append(_rand(generator, n) < cfg.flip_p)
-    total = n * num_views
+        boxes.append(sample_crop_boxes(n_global, h, w, generator, cfg.crop_scale, cfg.crop_ratio))
+        flips.append(_rand(generator, n_global) < cfg.flip_p)
+    total = n_global * num_views
     color = sample_color_params(total, cfg, generator)
     blur = sample_blur_params(total, cfg, generator) if cfg.blur else None
-    return _augment_blocks(
-        images, torch.cat(boxes), torch.cat(flips), cfg.crop_size, color, blur, cfg.brightness_mode
-    )
+    box, flip = torch.cat(boxes), torch.cat(flips)
+    rows = _shard_rows(n, shard, num_views, box.device)
+    if rows is not None:  # this rank's rows of the global draw
+        box, flip, color = box.index_select(0, rows), flip.index_select(0, rows), color.select(rows)
+        blur = None if blur is None else blur.select(rows)
+    return _augment_blocks(images, box, flip, cfg.crop_size, color, blur, cfg.brightness_mode)
 
 
 def _block_size(device: torch.device, values_per_image: int) -> int:

@@ -137,7 +137,12 @@ def split_validation(
 
 
 def save_indices(path: str | Path, indices: Tensor) -> None:
-    """Plain text, one index per line (readable, diffable, shareable between stages)."""
+    """Plain text, one index per line (readable, diffable, shareable between stages). Written atomically
+    by the main process only (every rank derives the same indices; one writes them)."""
+    from simclrv2.distributed import is_main_process
+
+    if not is_main_process():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

@@ -15,7 +15,6 @@ with ``.float()`` before softmax/log-softmax. ``labels`` may be -1 for unlabeled
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -26,8 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from simclrv2 import distributed
 from simclrv2.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -40,7 +39,7 @@ from simclrv2.checkpoint import (
 from simclrv2.config import ConfigError, save_config
 from simclrv2.data import BatchLoader, ImageData, crop_flip
 from simclrv2.engine.evaluate import extract_features, topk_accuracy
-from simclrv2.engine.runtime import MetricsLogger, autocast, progress, step_generator
+from simclrv2.engine.runtime import MetricsLogger, autocast, echo, progress, step_generator, write_json
 from simclrv2.optim import LARS, param_groups, set_learning_rate, warmup_cosine
 
 __all__ = [
@@ -51,6 +50,7 @@ __all__ = [
     "check_run_dir",
     "classification_metrics",
     "evaluate_classifier",
+    "fit_batch_size",
     "make_optimizer",
     "predict_logits",
     "write_predictions",
@@ -148,6 +148,22 @@ def make_optimizer(
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
+def fit_batch_size(requested: int, num_images: int, stage: str) -> int:
+    """The global batch for ``num_images`` training images: ``requested``, capped at the number of images
+    (small labeled subsets) and rounded down to a multiple of the world size (each rank gets an equal share).
+    """
+    world = distributed.get_world_size()
+    batch = min(requested, num_images) // world * world
+    if batch == 0:
+        raise ConfigError(
+            f"{stage}: {num_images} training images cannot be split over {world} processes; "
+            "use more labels or fewer processes"
+        )
+    if batch < requested:
+        echo(f"{stage}: batch_size {requested} -> {batch} ({num_images} images, {world} process(es))")
+    return batch
+
+
 def check_run_dir(run_dir: str | Path, resume: bool) -> None:
     """Refuse to start over an existing run (before any work or file is written)."""
     path = Path(run_dir) / CHECKPOINT_NAME
@@ -174,8 +190,10 @@ def predict_logits(
     channels_last: bool = True,
     desc: str = "predict",
     show_progress: bool = True,
+    distributed: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """(float32 logits (N, C), labels (N,)) of ``data`` in dataset order, model in eval mode, centre crop."""
+    """(float32 logits (N, C), labels (N,)) of ``data`` in dataset order, model in eval mode, centre crop.
+    ``distributed``: every rank runs a share and gets all rows (see :func:`extract_features`)."""
     logits, labels = extract_features(
         model,
         data,
@@ -186,6 +204,7 @@ def predict_logits(
         channels_last,
         desc=desc,
         show_progress=show_progress,
+        distributed=distributed,
     )
     return logits.cpu(), labels.cpu()
 
@@ -224,7 +243,7 @@ def evaluate_classifier(
 
 def write_predictions(path: Path, logits: Tensor, labels: Tensor, classes: list[str]) -> None:
     """``predictions.json``: predicted and true label and the predicted probability of every test image,
-    in dataset order (for confusion matrices and sample grids)."""
+    in dataset order (for confusion matrices and sample grids). Main process only."""
     prob = logits.softmax(dim=1)
     conf, pred = prob.max(dim=1)
     payload = {
@@ -233,7 +252,7 @@ def write_predictions(path: Path, logits: Tensor, labels: Tensor, classes: list[
         "pred": pred.tolist(),
         "prob": [round(v, 4) for v in conf.tolist()],
     }
-    path.write_text(json.dumps(payload))
+    write_json(path, payload, indent=None)
 
 
 # --- the trainer ----------------------------------------------------------------------------------------
@@ -244,6 +263,13 @@ class ClassifierTrainer:
 
     ``run()`` refuses to overwrite an existing ``run_dir/last.pt`` unless ``resume`` is True, and resumes
     exactly (model, optimiser, RNG, the step; the data order and augmentation are functions of the step).
+
+    Under torchrun (world size > 1): BatchNorms of ``model`` become global (SyncBatchNorm / GlobalBatchNorm),
+    the model is trained through DDP (a custom ``loss_fn`` receives the DDP wrapper, so only the trained model
+    is wrapped: a distillation teacher stays a plain module), each rank loads its shard of every global batch
+    and augments its rows of one global draw (the same images and views as one process), evaluation is
+    sharded and gathered in dataset order, and rank 0 alone writes files. The model passed in (and
+    ``self.model``) stays the plain module: checkpoints have no ``module.`` prefix.
     """
 
     def __init__(
@@ -260,6 +286,12 @@ class ClassifierTrainer:
         self.test = test
         self.loss_fn = loss_fn
         self.run_dir = Path(settings.run_dir)
+        self.rank, self.world_size = distributed.get_rank(), distributed.get_world_size()
+        self.model = distributed.convert_sync_batchnorm(model, settings.device.type)
+        self.train_model: nn.Module = self.model
+        if self.world_size > 1:
+            ids = [settings.device.index] if settings.device.type == "cuda" else None
+            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.loader = BatchLoader(
             train,
             batch_size=settings.batch_size,
@@ -267,6 +299,8 @@ class ClassifierTrainer:
             shuffle=True,
             drop_last=True,
             seed=settings.seed,
+            rank=self.rank,
+            world_size=self.world_size,
         )
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * settings.epochs
@@ -277,7 +311,7 @@ class ClassifierTrainer:
                 f"(epochs={settings.epochs}); lower it (fine-tuning uses 0)."
             )
         self.optimizer = make_optimizer(
-            model, settings.optimizer, settings.peak_lr, settings.momentum, settings.weight_decay
+            self.model, settings.optimizer, settings.peak_lr, settings.momentum, settings.weight_decay
         )
         self.last_loss = float("nan")
 
@@ -287,13 +321,14 @@ class ClassifierTrainer:
         """Scalar training loss on one augmented batch; cross-entropy unless a ``loss_fn`` was given."""
         with autocast(self.s.device, self.s.precision):
             if self.loss_fn is not None:
-                return self.loss_fn(self.model, images, labels, step)
-            logits = self.model(images)
+                return self.loss_fn(self.train_model, images, labels, step)
+            logits = self.train_model(images)
         return F.cross_entropy(logits.float(), labels)
 
     def augment(self, images: Tensor, step: int) -> Tensor:
         gen = step_generator(self.s.device, self.s.seed, step)
-        x = crop_flip(images, self.s.crop_size, gen, crop_scale=self.s.crop_scale)
+        shard = (self.rank, self.world_size)
+        x = crop_flip(images, self.s.crop_size, gen, crop_scale=self.s.crop_scale, shard=shard)
         if self.s.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -305,8 +340,11 @@ class ClassifierTrainer:
         return self.run_dir / CHECKPOINT_NAME
 
     def save(self, step: int) -> None:
+        """The checkpoint (rank 0 only; the plain model's weights, no ``module.`` prefix)."""
         from simclrv2.config import to_dict
 
+        if not distributed.is_main_process():
+            return
         state = {
             "format": CHECKPOINT_FORMAT,
             "stage": self.s.stage,
@@ -329,7 +367,7 @@ class ClassifierTrainer:
         path = self.checkpoint_path
         check_run_dir(self.run_dir, resume)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.s.config is not None and self.s.write_config:
+        if self.s.config is not None and self.s.write_config and distributed.is_main_process():
             save_config(self.s.config, self.run_dir / "config.yaml")
         if not resume:
             return 0
@@ -362,7 +400,9 @@ class ClassifierTrainer:
     def _log(
         self, logger: MetricsLogger, step: int, epoch: int, loss_sum: Tensor, n: int, t0: float
     ) -> float:
-        mean = loss_sum.item() / n  # the one host-device sync per log period
+        # the one host-device sync per log period; the mean over ranks is the global batch's loss, and every
+        # rank sees the same value, so all of them stop together on NaN
+        mean = distributed.reduce_mean(loss_sum).item() / n
         ips = n * self.s.batch_size / max(time.time() - t0, 1e-9)
         if not math.isfinite(mean):
             raise FloatingPointError(
@@ -385,7 +425,7 @@ class ClassifierTrainer:
         window, t0 = 0, time.time()
         train_time, train_images = 0.0, 0
         wall = time.time()
-        self.model.train()
+        self.train_model.train()
         try:
             while step < stop_at:
                 epoch, start_batch = divmod(step, self.steps_per_epoch)
@@ -423,11 +463,11 @@ class ClassifierTrainer:
         s = self.s
         logits, labels = predict_logits(
             self.model, self.test, s.device, s.precision, s.eval_batch_size, s.crop_size, s.channels_last,
-            show_progress=s.show_progress,
+            show_progress=s.show_progress, distributed=True,
         )  # fmt: skip
         metrics = classification_metrics(logits, labels, self.test.classes)
         if write:
-            (self.run_dir / "eval.json").write_text(json.dumps(metrics, indent=2))
+            write_json(self.run_dir / "eval.json", metrics)
             write_predictions(self.run_dir / "predictions.json", logits, labels, self.test.classes)
         return metrics
 
@@ -448,6 +488,7 @@ class ClassifierTrainer:
             "checkpoint": str(self.checkpoint_path),
         }
         if metrics:
-            tqdm.write(f"{self.s.stage}: test top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}%")
-        (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
+            echo(f"{self.s.stage}: test top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}%")
+        write_json(self.run_dir / "results.json", results)
+        distributed.barrier()  # the checkpoint and results exist for every rank's next stage
         return results

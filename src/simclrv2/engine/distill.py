@@ -13,14 +13,21 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from simclrv2 import distributed
 from simclrv2.checkpoint import CheckpointError, load_checkpoint
 from simclrv2.config import ConfigError, DistillConfig
 from simclrv2.data.subsets import load_indices, subset_data
-from simclrv2.engine.classify import ClassifierTrainer, TrainSettings, check_run_dir
+from simclrv2.engine.classify import ClassifierTrainer, TrainSettings, check_run_dir, fit_batch_size
 from simclrv2.engine.finetune import build_model, build_model_from_checkpoint, load_split_pair, model_arch
-from simclrv2.engine.runtime import autocast, resolve_device, resolve_precision, seed_everything
+from simclrv2.engine.runtime import (
+    autocast,
+    device_type,
+    echo,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+)
 from simclrv2.losses import distillation_loss
 from simclrv2.models import parse_backbone_name
 from simclrv2.optim import scale_learning_rate
@@ -55,7 +62,10 @@ def _init_student_from(model: nn.Module, path: str) -> None:
 
 
 def distill(config: DistillConfig, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
-    """Distill ``config.teacher`` into a student on all training images; returns (and writes) results.json."""
+    """Distill ``config.teacher`` into a student on all training images; returns (and writes) results.json.
+    Under torchrun only the student is trained through DDP; the frozen teacher runs in eval mode on every
+    rank (it needs no synchronisation: eval-mode BN uses running statistics)."""
+    distributed.init_from_env(device_type(config.device))
     run_dir = Path(config.run_dir)
     check_run_dir(run_dir, resume)
     teacher_ckpt = load_checkpoint(config.teacher)
@@ -96,7 +106,7 @@ def distill(config: DistillConfig, resume: bool = False, show_progress: bool = T
     if config.channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
         student = student.to(memory_format=torch.channels_last)
-    say = tqdm.write if show_progress else (lambda _msg: None)
+    say = echo if show_progress else (lambda _msg: None)
     kind = "self-distillation" if is_self else f"{t_arch['backbone']} -> {student_name}"
     say(f"distill: {kind}, temperature {temperature}, alpha {config.alpha}, {len(train)} training images")
 
@@ -114,15 +124,16 @@ def distill(config: DistillConfig, resume: bool = False, show_progress: bool = T
             alpha=config.alpha,
         )
 
+    batch = fit_batch_size(config.batch_size, len(train), STAGE)
     settings = TrainSettings.from_config(
         config,
         stage=STAGE,
         train=train,
         device=device,
         precision=precision,
-        batch_size=config.batch_size,
+        batch_size=batch,
         epochs=config.epochs,
-        peak_lr=scale_learning_rate(config.optim.base_lr, config.batch_size, config.optim.lr_scaling),
+        peak_lr=scale_learning_rate(config.optim.base_lr, batch, config.optim.lr_scaling),
         extra={"arch": arch, "teacher": str(config.teacher)},
         show_progress=show_progress,
     )

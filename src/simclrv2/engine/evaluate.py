@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from simclrv2 import distributed as dist
 from simclrv2.data import BatchLoader, ImageData, center_crop
+from simclrv2.data.subsets import subset_data
 from simclrv2.engine.runtime import autocast, eval_mode, progress
 
 
@@ -27,13 +29,27 @@ def extract_features(
     limit: int | None = None,
     desc: str = "features",
     show_progress: bool = True,
+    distributed: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """Outputs of ``backbone`` (features h, or logits for a classifier; float32, (N, D)) and labels of
     ``data`` in dataset order, in eval mode, on the device.
 
     Images are centre-cropped for evaluation (SPEC 5); with ``limit`` only the first ``limit`` images
     are used (in dataset order).
+
+    With ``distributed`` (every rank must call it then), each rank runs a contiguous share of the images
+    (:func:`~simclrv2.distributed.shard_range`, uneven when N is not divisible by the world size) and the
+    shares are gathered in rank order, so every rank returns exactly one row per image, in dataset order.
     """
+    n = len(data) if limit is None else min(limit, len(data))
+    if distributed and 1 < dist.get_world_size() <= n:  # (fewer images than ranks: each rank does all)
+        start, stop = dist.shard_range(n)
+        share = subset_data(data, torch.arange(start, stop))
+        share_f, share_l = extract_features(
+            backbone, share, device, precision, batch_size, crop_size, channels_last,
+            desc=desc, show_progress=show_progress,
+        )  # fmt: skip
+        return dist.gather_uneven(share_f), dist.gather_uneven(share_l)
     image_size = data.image_shape[-1]
     crop = crop_size or image_size
     loader = BatchLoader(data, batch_size=batch_size, device=device, shuffle=False, drop_last=False)

@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from simclrv2 import distributed
 from simclrv2.checkpoint import CheckpointError, load_checkpoint
 from simclrv2.config import FinetuneConfig
 from simclrv2.data import ImageData, load_dataset
 from simclrv2.data.subsets import default_epochs, labeled_subset
-from simclrv2.engine.classify import ClassifierTrainer, TrainSettings, check_run_dir
-from simclrv2.engine.runtime import resolve_device, resolve_precision, seed_everything
+from simclrv2.engine.classify import ClassifierTrainer, TrainSettings, check_run_dir, fit_batch_size
+from simclrv2.engine.runtime import device_type, echo, resolve_device, resolve_precision, seed_everything
 from simclrv2.models import FineTuneModel, ProjectionHead, create_backbone, load_pretrained_into
 from simclrv2.optim import scale_learning_rate
 
@@ -83,7 +83,9 @@ def build_model_from_checkpoint(ckpt: dict[str, Any] | str | Path) -> FineTuneMo
 
 
 def finetune(config: FinetuneConfig, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
-    """Fine-tune from ``config.pretrained`` on the labeled subset; returns (and writes) ``results.json``."""
+    """Fine-tune from ``config.pretrained`` on the labeled subset; returns (and writes) ``results.json``.
+    Under torchrun every rank calls this (see :class:`ClassifierTrainer` for what is distributed)."""
+    distributed.init_from_env(device_type(config.device))
     run_dir = Path(config.run_dir)
     check_run_dir(run_dir, resume)
     pre = load_checkpoint(config.pretrained, stage="pretrain")
@@ -98,13 +100,11 @@ def finetune(config: FinetuneConfig, resume: bool = False, show_progress: bool =
     train, how = labeled_subset(train_full, config.labels, config.seed, index_file)
     fraction = len(train) / len(train_full)
     epochs = config.epochs or default_epochs(config.labels, len(train), len(train_full))
-    batch = min(config.batch_size, len(train))
-    say = tqdm.write if show_progress else (lambda _msg: None)
+    say = echo if show_progress else (lambda _msg: None)
     say(
         f"finetune: {len(train)} labeled images ({fraction:.2%} of {len(train_full)}; {how}), {epochs} epochs"
     )
-    if batch < config.batch_size:
-        say(f"finetune: batch_size {config.batch_size} > {len(train)} labeled images: using batch {batch}")
+    batch = fit_batch_size(config.batch_size, len(train), STAGE)
 
     num_classes = len(train_full.classes)
     arch = model_arch(

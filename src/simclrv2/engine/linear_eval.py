@@ -13,7 +13,6 @@ tuning and takes seconds on 60k cached features. ``augmented: true`` runs the Im
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -21,15 +20,28 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from simclrv2 import distributed
 from simclrv2.checkpoint import CheckpointError, load_checkpoint
 from simclrv2.config import LinearEvalConfig, save_config
 from simclrv2.data.subsets import labeled_subset, split_validation
-from simclrv2.engine.classify import ClassifierTrainer, TrainSettings, check_run_dir, classification_metrics
+from simclrv2.engine.classify import (
+    ClassifierTrainer,
+    TrainSettings,
+    check_run_dir,
+    classification_metrics,
+    fit_batch_size,
+)
 from simclrv2.engine.evaluate import extract_features, knn_classify, topk_accuracy
 from simclrv2.engine.finetune import load_split_pair
-from simclrv2.engine.runtime import resolve_device, resolve_precision, seed_everything
+from simclrv2.engine.runtime import (
+    device_type,
+    echo,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+    write_json,
+)
 from simclrv2.models import Classifier, ResNet, create_backbone
 
 __all__ = [
@@ -86,7 +98,9 @@ def _standardise(train: Tensor, *others: Tensor) -> list[Tensor]:
 
 
 def _features(config: LinearEvalConfig) -> dict[str, Any]:
-    """Frozen-backbone features of the labeled training subset and the test split."""
+    """Frozen-backbone features of the labeled training subset and the test split (extracted in shards
+    under torchrun; every rank then holds all of them and fits the same classifier, rank 0 writes)."""
+    distributed.init_from_env(device_type(config.device))
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     seed_everything(config.seed)
@@ -106,7 +120,7 @@ def _features(config: LinearEvalConfig) -> dict[str, Any]:
     t0 = time.time()
     kw: dict[str, Any] = dict(
         precision=precision, batch_size=config.eval_batch_size, crop_size=crop,
-        channels_last=config.channels_last,
+        channels_last=config.channels_last, distributed=True,
     )  # fmt: skip
     train_f, train_l = extract_features(backbone, train, device, desc="train features", **kw)
     test_f, test_l = extract_features(backbone, test, device, desc="test features", **kw)
@@ -148,6 +162,7 @@ def linear_eval_augmented(config: LinearEvalConfig, show_progress: bool = True) 
     """SPEC 4's linear evaluation: crop + flip views through the frozen backbone (eval mode), a linear
     classifier trained with momentum SGD (no weight decay), LR base_lr * B / 256, cosine, ``epochs`` epochs.
     Writes ``linear_eval.json`` (and the trainer's results.json/eval.json) and returns it."""
+    distributed.init_from_env(device_type(config.device))
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     seed_everything(config.seed)
@@ -160,7 +175,7 @@ def linear_eval_augmented(config: LinearEvalConfig, show_progress: bool = True) 
     model = FrozenBackboneLinear(backbone, len(train_full.classes)).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    batch = min(config.batch_size, len(train))
+    batch = fit_batch_size(config.batch_size, len(train), "linear_eval")
     settings = TrainSettings(
         stage="linear_eval", run_dir=run_dir, seed=config.seed, device=device, precision=precision,
         batch_size=batch, epochs=config.epochs, peak_lr=config.base_lr * batch / 256, optimizer="sgd",
@@ -176,7 +191,8 @@ def linear_eval_augmented(config: LinearEvalConfig, show_progress: bool = True) 
             "num_labeled": len(train),
         }
     )
-    (run_dir / "linear_eval.json").write_text(json.dumps(results, indent=2))
+    write_json(run_dir / "linear_eval.json", results)
+    distributed.barrier()
     return results
 
 
@@ -195,7 +211,7 @@ def linear_eval(config: LinearEvalConfig, show_progress: bool = True) -> dict[st
     for l2 in config.l2_grid:
         w, b = fit_logistic_regression(xs_tr, train_l[idx_tr], num_classes, l2, config.max_iter)
         grid[str(l2)] = topk_accuracy(xs_val @ w.T + b, train_l[idx_val])["top1"]
-        tqdm.write(f"linear-eval: l2 {l2:g}: validation top-1 {grid[str(l2)]:.2f}%")
+        echo(f"linear-eval: l2 {l2:g}: validation top-1 {grid[str(l2)]:.2f}%")
     best_l2 = max(config.l2_grid, key=lambda v: (grid[str(v)], v))  # ties -> stronger regularisation
     xs_all, xs_test = _standardise(train_f, test_f)
     w, b = fit_logistic_regression(xs_all, train_l, num_classes, best_l2, config.max_iter)
@@ -217,10 +233,9 @@ def linear_eval(config: LinearEvalConfig, show_progress: bool = True) -> dict[st
         "precision": f["precision"],
         "device": f["device"],
     }
-    tqdm.write(
-        f"linear-eval: test top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% (l2 {best_l2:g})"
-    )
-    (f["run_dir"] / "linear_eval.json").write_text(json.dumps(results, indent=2))
+    echo(f"linear-eval: test top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% (l2 {best_l2:g})")
+    write_json(f["run_dir"] / "linear_eval.json", results)
+    distributed.barrier()
     return results
 
 
@@ -243,6 +258,7 @@ def knn_eval(config: LinearEvalConfig) -> dict[str, Any]:
         "precision": f["precision"],
         "device": f["device"],
     }
-    tqdm.write(f"knn: test top-1 {results['test']['top1']:.2f}% top-5 {results['test']['top5']:.2f}%")
-    (f["run_dir"] / "knn.json").write_text(json.dumps(results, indent=2))
+    echo(f"knn: test top-1 {results['test']['top1']:.2f}% top-5 {results['test']['top5']:.2f}%")
+    write_json(f["run_dir"] / "knn.json", results)
+    distributed.barrier()
     return results

@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from simclrv2 import distributed
 from simclrv2.config import PipelineConfig, to_dict
 from simclrv2.data import load_dataset
+from simclrv2.engine.runtime import device_type, echo, write_json
 
 STAGE_ORDER = ("pretrain", "linear_eval", "finetune", "distill", "supervised")
 
@@ -58,7 +59,7 @@ class Pipeline:
 
     def say(self, message: str) -> None:
         if self.show_progress:
-            tqdm.write(message)
+            echo(message)
 
     def _run_stage(
         self,
@@ -176,7 +177,10 @@ class Pipeline:
     # -- everything ---------------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
+        """Every stage, then results.json and the report. Under torchrun every rank runs this; each stage
+        distributes its own work and ends with a barrier, and rank 0 alone writes the pipeline's files."""
         c = self.c
+        distributed.init_from_env(device_type(c.pretrain.device))
         t_start = time.time()
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "labels").mkdir(exist_ok=True)
@@ -204,9 +208,11 @@ class Pipeline:
             **{k: round(v, 1) for k, v in self.wall.items()},
             "total": time.time() - t_start,
         }
-        (self.root / "results.json").write_text(json.dumps(results, indent=2))
-        report = write_pipeline_report(self.root, results)
-        self.say(f"pipeline: report written to {report}")
+        write_json(self.root / "results.json", results)
+        if distributed.is_main_process():
+            report = write_pipeline_report(self.root, results)
+            self.say(f"pipeline: report written to {report}")
+        distributed.barrier()
         return results
 
     def collect(self) -> dict[str, Any]:

@@ -8,7 +8,6 @@ optional online linear probe on stop-gradient features and the kNN monitor.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from simclrv2 import distributed
 from simclrv2.checkpoint import (
@@ -36,11 +34,13 @@ from simclrv2.engine.runtime import (
     MetricsLogger,
     autocast,
     device_type,
+    echo,
     progress,
     resolve_device,
     resolve_precision,
     seed_everything,
     step_generator,
+    write_json,
 )
 from simclrv2.losses import nt_xent
 from simclrv2.models import Classifier, ProjectionHead, SimCLRModel, create_backbone
@@ -165,18 +165,12 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) contrastive pretraining; returns the final metrics (also in ``results.json``).
 
     Under torchrun every rank runs this function: the process group comes from the environment, each rank
-    trains on its shard of every global batch, BatchNorms become SyncBatchNorm (global BN, SPEC 3), and
-    rank 0 alone evaluates and writes.
+    trains on its shard of every global batch and augments its rows of one global draw (so N ranks see the
+    same views as one process), every BatchNorm becomes global (SyncBatchNorm on CUDA, GlobalBatchNorm on
+    CPU/gloo; SPEC 3), the kNN monitor's features are extracted in shards, and rank 0 alone writes.
     """
     distributed.init_from_env(device_type(config.device))
     setup = prepare(config)
-    if distributed.get_world_size() > 1 and setup.device.type != "cuda":
-        # Global BN is required (SPEC 3) and torch's SyncBatchNorm runs on GPUs only; a gloo global BN
-        # for CPUs is the distributed issue's work. Refuse rather than silently train with per-device BN.
-        raise ConfigError(
-            "multi-process pretraining on CPU is not supported yet (global BatchNorm needs GPUs); "
-            "run one process on the CPU, or use CUDA GPUs with torchrun."
-        )
     run_dir = Path(config.run_dir)
     ckpt_path = run_dir / CHECKPOINT_NAME
     if ckpt_path.exists() and not resume:
@@ -196,7 +190,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     module = PretrainModule(build_simclr_model(config, setup.small_images), num_classes).to(device)
     if config.channels_last:
         module = module.to(memory_format=torch.channels_last)
-    module.model = distributed.convert_sync_batchnorm(module.model)  # type: ignore[assignment]
+    module.model = distributed.convert_sync_batchnorm(module.model, device.type)  # type: ignore[assignment]
     optimizer = build_optimizer(module, config, setup.peak_lr)
 
     step = 0
@@ -217,8 +211,8 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
         results = trainer.run(start_step=step)
     finally:
         logger.close()
-    if distributed.is_main_process():
-        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    write_json(run_dir / "results.json", results)
+    distributed.barrier()  # last.pt and results.json exist for every rank's next stage
     return results
 
 
@@ -300,16 +294,20 @@ class _Trainer:
         """Set the LR for ``step``, draw this rank's two views of its shard, and take one step."""
         s, c = self.s, self.c
         set_learning_rate(self.optimizer, warmup_cosine(step, s.total_steps, s.warmup_steps, s.peak_lr))
-        gen = step_generator(s.device, c.seed, step, distributed.get_rank())
-        views = two_view_batch(images, s.augment, gen)
+        gen = step_generator(s.device, c.seed, step)
+        shard = (distributed.get_rank(), distributed.get_world_size())
+        views = two_view_batch(images, s.augment, gen, shard=shard)  # this rank's rows of one global draw
         return contrastive_step(
             self.module, self.optimizer, views, labels, c.temperature, s.device, s.precision, c.channels_last
         )
 
     def evaluate(self, step: int) -> None:
-        """kNN top-1/top-5 on the test split (and the online probe's accuracy on the same features)."""
+        """kNN top-1/top-5 on the test split (and the online probe's accuracy on the same features).
+
+        Every rank extracts a share of the features (all ranks must call this); rank 0 classifies and logs.
+        """
         s, c = self.s, self.c
-        if s.test is None or not distributed.is_main_process():
+        if s.test is None:
             return
         t0 = time.time()
         self.knn_step = step
@@ -321,11 +319,14 @@ class _Trainer:
             batch_size=c.eval.batch_size,
             crop_size=s.augment.crop_size,
             channels_last=c.channels_last,
+            distributed=True,
         )
         train_f, train_l = extract_features(
             backbone, s.train, limit=c.eval.knn_train_limit, desc="kNN bank", **kwargs
         )
         test_f, test_l = extract_features(backbone, s.test, desc="kNN test", **kwargs)
+        if not distributed.is_main_process():
+            return
         num_classes = len(s.test.classes)
         scores = knn_classify(
             train_f, train_l, test_f, num_classes, k=c.eval.knn_k, temperature=c.eval.knn_temperature
@@ -341,7 +342,7 @@ class _Trainer:
             metrics["probe_top1"] = probe["top1"]
             message += f", online linear probe top-1 {probe['top1']:.2f}%"
         self.logger.log(step, **metrics, eval_seconds=time.time() - t0)
-        tqdm.write(message)
+        echo(message)
 
     @property
     def lr(self) -> float:
@@ -351,7 +352,7 @@ class _Trainer:
         self, step: int, epoch: int, loss_sum: Tensor, probe_sum: Tensor, steps: int, start: float
     ) -> float:
         """Log the mean loss of the last ``steps`` steps (the one host sync per period); stop on NaN/Inf."""
-        mean_loss = loss_sum.item() / steps
+        mean_loss = distributed.reduce_mean(loss_sum).item() / steps  # the global batch's loss
         ips = steps * self.c.batch_size / max(time.time() - start, 1e-9)
         if not math.isfinite(mean_loss):
             ckpt = self.run_dir / CHECKPOINT_NAME
@@ -361,7 +362,7 @@ class _Trainer:
             )
         metrics: dict[str, float] = {"loss": mean_loss, "lr": self.lr, "images_per_sec": ips, "epoch": epoch}
         if unwrap(self.module).classifier is not None:
-            metrics["probe_loss"] = probe_sum.item() / steps
+            metrics["probe_loss"] = distributed.reduce_mean(probe_sum).item() / steps
         self.logger.log(step, **metrics)
         self.last_loss = mean_loss
         return ips

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -73,6 +74,23 @@ def progress(iterable: Iterable[Any] | None = None, **kwargs: Any) -> tqdm:
         kwargs.setdefault("mininterval", 30.0)
     kwargs["disable"] = kwargs.get("disable", False) or not distributed.is_main_process()
     return tqdm(iterable, **kwargs)
+
+
+def echo(message: str) -> None:
+    """Print a status line (through tqdm, so progress bars stay intact) on the main process only."""
+    if distributed.is_main_process():
+        tqdm.write(message)
+
+
+def write_json(path: str | Path, payload: Any, indent: int | None = 2) -> None:
+    """Write ``payload`` as JSON on the main process only, atomically (temp file + rename), so a reader never
+    sees half a file and N ranks never write the same file."""
+    if not distributed.is_main_process():
+        return
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=indent))
+    os.replace(tmp, path)
 
 
 def seed_everything(seed: int) -> None:

@@ -13,14 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from simclrv2 import distributed
 from simclrv2.config import SupervisedConfig, save_config
 from simclrv2.data import ImageData
 from simclrv2.data.subsets import default_epochs, resolve_label_indices, split_validation, subset_data
-from simclrv2.engine.classify import ClassifierTrainer, TrainSettings, check_run_dir
+from simclrv2.engine.classify import ClassifierTrainer, TrainSettings, check_run_dir, fit_batch_size
 from simclrv2.engine.finetune import build_model, load_split_pair, model_arch
-from simclrv2.engine.runtime import resolve_device, resolve_precision, seed_everything
+from simclrv2.engine.runtime import (
+    device_type,
+    echo,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+    write_json,
+)
 from simclrv2.optim import scale_learning_rate
 
 __all__ = ["supervised"]
@@ -45,7 +52,7 @@ def _train_once(
     model = build_model(arch).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    batch = min(config.batch_size, len(train))
+    batch = fit_batch_size(config.batch_size, len(train), STAGE)
     peak_lr = lr_multiplier * scale_learning_rate(config.optim.base_lr, batch, config.optim.lr_scaling)
     settings = TrainSettings.from_config(
         config,
@@ -66,12 +73,13 @@ def _train_once(
 
 def supervised(config: SupervisedConfig, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
     """Choose the LR on a validation split of the labeled subset, retrain on all of it, test once."""
+    distributed.init_from_env(device_type(config.device))
     run_dir = Path(config.run_dir)
     if not resume:  # with --resume the run may have stopped during the grid, before run_dir/last.pt existed
         check_run_dir(run_dir, resume)
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
-    say = tqdm.write if show_progress else (lambda _msg: None)
+    say = echo if show_progress else (lambda _msg: None)
 
     train_full, test = load_split_pair(config.data, config.seed)
     index_file = config.label_index_file or run_dir / "label_indices.txt"
@@ -100,7 +108,7 @@ def supervised(config: SupervisedConfig, resume: bool = False, show_progress: bo
         )  # fmt: skip
         grid[key] = {"validation_top1": res["test"]["top1"], "peak_lr": res["peak_lr"]}
         say(f"supervised: LR x{key} ({res['peak_lr']:.4g}): validation top-1 {res['test']['top1']:.2f}%")
-        grid_path.write_text(json.dumps(grid, indent=2))
+        write_json(grid_path, grid)
     best = max(config.lr_grid, key=lambda m: grid[f"{m:g}"]["validation_top1"])
     say(f"supervised: chose LR x{best:g}; retraining on all {len(idx)} labeled images")
 
@@ -122,5 +130,6 @@ def supervised(config: SupervisedConfig, resume: bool = False, show_progress: bo
             "grid_train_size": len(tr_idx),
         }
     )
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    write_json(run_dir / "results.json", results)
+    distributed.barrier()
     return results

@@ -54,8 +54,9 @@ def nt_xent(z_a: Tensor, z_b: Tensor, temperature: float) -> Tensor:
     # fp32 with autocast off: under bf16 the logits (up to 1/τ = 10) and the log-sum-exp over
     # thousands of negatives lose digits that matter for the loss and its gradient.
     with torch.autocast(device_type=z_a.device.type, enabled=False):
-        a = F.normalize(z_a.float(), dim=1)
-        b = F.normalize(z_b.float(), dim=1)
+        dtype = torch.promote_types(z_a.dtype, torch.float32)  # fp32, or fp64 when given fp64
+        a = F.normalize(z_a.to(dtype), dim=1)
+        b = F.normalize(z_b.to(dtype), dim=1)
         a_all = gather_with_grad(a)
         b_all = gather_with_grad(b)
 
