@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from simclrv2.checkpoint import CheckpointError, load_checkpoint
+from simclrv2.checkpoint import CheckpointError, atomic_write_text, load_checkpoint
 from simclrv2.config import LinearEvalConfig, save_config
 from simclrv2.data.subsets import labeled_subset, split_validation
 from simclrv2.engine.classify import ClassifierTrainer, TrainSettings, check_run_dir, classification_metrics
@@ -176,7 +176,7 @@ def linear_eval_augmented(config: LinearEvalConfig, show_progress: bool = True) 
             "num_labeled": len(train),
         }
     )
-    (run_dir / "linear_eval.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(run_dir / "linear_eval.json", json.dumps(results, indent=2))
     return results
 
 
@@ -220,7 +220,7 @@ def linear_eval(config: LinearEvalConfig, show_progress: bool = True) -> dict[st
     tqdm.write(
         f"linear-eval: test top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% (l2 {best_l2:g})"
     )
-    (f["run_dir"] / "linear_eval.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(f["run_dir"] / "linear_eval.json", json.dumps(results, indent=2))
     return results
 
 
@@ -244,5 +244,5 @@ def knn_eval(config: LinearEvalConfig) -> dict[str, Any]:
         "device": f["device"],
     }
     tqdm.write(f"knn: test top-1 {results['test']['top1']:.2f}% top-5 {results['test']['top5']:.2f}%")
-    (f["run_dir"] / "knn.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(f["run_dir"] / "knn.json", json.dumps(results, indent=2))
     return results

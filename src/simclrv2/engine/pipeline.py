@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from simclrv2.checkpoint import atomic_write_text
 from simclrv2.config import PipelineConfig, to_dict
 from simclrv2.data import load_dataset
 
@@ -204,7 +205,7 @@ class Pipeline:
             **{k: round(v, 1) for k, v in self.wall.items()},
             "total": time.time() - t_start,
         }
-        (self.root / "results.json").write_text(json.dumps(results, indent=2))
+        atomic_write_text(self.root / "results.json", json.dumps(results, indent=2))
         report = write_pipeline_report(self.root, results)
         self.say(f"pipeline: report written to {report}")
         return results
@@ -311,7 +312,10 @@ def write_pipeline_report(root: Path, results: dict[str, Any]) -> Path:
             cm, classes, fig_dir / "confusion_matrix.png", title=f"{best['name']} (test)"
         )
         data = results["config"]["data"]
-        test = load_dataset(data["name"], "test", root=data["root"], image_size=data["load_size"])
+        test = load_dataset(
+            data["name"], "test", root=data["root"], image_size=data["load_size"],
+            bad_images=data.get("bad_images", "fail"),
+        )  # fmt: skip
         n = min(32, len(preds["label"]))
         if test.images is not None:
             images = test.images[:n]

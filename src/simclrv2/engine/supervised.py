@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from simclrv2.checkpoint import atomic_write_text
 from simclrv2.config import SupervisedConfig, save_config
 from simclrv2.data import ImageData
 from simclrv2.data.subsets import default_epochs, resolve_label_indices, split_validation, subset_data
@@ -100,7 +101,7 @@ def supervised(config: SupervisedConfig, resume: bool = False, show_progress: bo
         )  # fmt: skip
         grid[key] = {"validation_top1": res["test"]["top1"], "peak_lr": res["peak_lr"]}
         say(f"supervised: LR x{key} ({res['peak_lr']:.4g}): validation top-1 {res['test']['top1']:.2f}%")
-        grid_path.write_text(json.dumps(grid, indent=2))
+        atomic_write_text(grid_path, json.dumps(grid, indent=2))
     best = max(config.lr_grid, key=lambda m: grid[f"{m:g}"]["validation_top1"])
     say(f"supervised: chose LR x{best:g}; retraining on all {len(idx)} labeled images")
 
@@ -122,5 +123,5 @@ def supervised(config: SupervisedConfig, resume: bool = False, show_progress: bo
             "grid_train_size": len(tr_idx),
         }
     )
-    (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=2))
     return results
