@@ -186,3 +186,13 @@ STAGE_CHECKPOINTS = {
     "finetune": Path("finetune/50pct/layer1/seed0/last.pt"),
     "distill": Path("distill/50pct/self/seed0/last.pt"),
 }
+
+
+def error_line(stderr: str, command: str) -> str:
+    """The CLI's one error line (``simclrv2 COMMAND: ...``) out of stderr, where progress bars also write
+    (with carriage returns); fails unless there is exactly one and no traceback."""
+    marker = f"simclrv2 {command}: "
+    lines = [line[line.index(marker) :] for line in stderr.replace("\r", "\n").splitlines() if marker in line]
+    assert len(lines) == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    return lines[0]
