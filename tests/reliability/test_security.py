@@ -4,6 +4,7 @@ network unless a download was asked for."""
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import pickle
 import shutil
@@ -197,11 +198,12 @@ def _no_network_pipeline(root: Path, log: Path, image: Path) -> None:
     socket.create_connection = refuse("socket.create_connection")  # type: ignore[assignment]
     socket.getaddrinfo = refuse("socket.getaddrinfo")  # type: ignore[assignment]
     urllib.request.urlopen = refuse("urllib.request.urlopen")  # type: ignore[assignment]
-    for probe in (lambda: socket.socket().connect(("127.0.0.1", 9)), lambda: urllib.request.urlopen("http://x")):
-        try:  # the blockade itself works (else the test below could not fail)
+    for probe in (
+        lambda: socket.socket().connect(("127.0.0.1", 9)),
+        lambda: urllib.request.urlopen("http://x"),
+    ):
+        with contextlib.suppress(OSError):  # the blockade itself works (else this test could not fail)
             probe()
-        except OSError:
-            pass
     assert len(attempts) == 2, attempts
     attempts.clear()
     from simclrv2.config import PipelineConfig, load_config
