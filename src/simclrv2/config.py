@@ -588,7 +588,7 @@ def from_dict(cls: type[C], values: Mapping[str, Any], prefix: str = "") -> C:
     """Build dataclass ``cls`` from a (nested) mapping; unknown keys and wrong types raise ConfigError."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(values) - names, key=str)  # YAML keys may be numbers too
     if unknown:
         raise ConfigError(
             f"unknown config key {prefix}{unknown[0]!s}; valid keys here: "
@@ -629,7 +629,13 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         key = key.strip()
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
-        value = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(
+                f"override {item!r}: the value is not valid YAML ({str(err).splitlines()[0]}); quote text, "
+                "e.g. --set 'key=\"text\"'"
+            ) from None
         node = nested
         parts = key.split(".")
         for part in parts[:-1]:
@@ -659,6 +665,8 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequenc
             raise ConfigError(f"config file {path} does not exist (see configs/ for examples)")
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not UTF-8 text (is it a YAML file?)") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
         if not isinstance(loaded, Mapping):

@@ -16,6 +16,18 @@ __all__ = ["fault", "tiny_pipeline_run"]
 _RESULTS: dict[str, str] = {}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    """In-process runs single-threaded: the runs here are tiny, and on a shared machine OpenMP threads that
+    wait for busy cores make each step seconds long."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     outcome = yield

@@ -17,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from simclrv2 import distributed
+from simclrv2.config import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -25,7 +26,7 @@ def resolve_device(name: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was requested but no CUDA GPU is visible; use --set device=cpu")
+        raise ConfigError("device=cuda was requested but no CUDA GPU is visible; use --set device=cpu")
     if device.type == "cuda" and device.index is None and distributed.is_distributed():
         device = torch.device("cuda", torch.cuda.current_device())  # set from LOCAL_RANK at init
     return device
@@ -48,7 +49,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
     """``auto`` -> bf16 on CUDA with bf16 support and on CPUs with AMX/AVX512-BF16, else fp32."""
     if name != "auto":
         if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise RuntimeError("precision=bf16 is not supported by this GPU; use --set precision=fp32")
+            raise ConfigError("precision=bf16 is not supported by this GPU; use --set precision=fp32")
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
