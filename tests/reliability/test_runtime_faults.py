@@ -151,7 +151,7 @@ def test_out_of_memory_names_the_batch_size_and_a_fix(
     run = tmp_path / "pre"
     assert main(["pretrain", *sets(*TINY_PRETRAIN, f"run_dir={run}")]) == 3
     err = error_line(capsys.readouterr().err, "pretrain")
-    assert "out of memory on cpu at step 2 with batch_size 8 (8 per device)" in err, err
+    assert "out of memory on cpu at step 3 with batch_size 8 (8 per device)" in err, err
     assert "--set batch_size=4" in err and "precision=bf16" in err and f"{run / 'last.pt'}" in err
     assert load_checkpoint(run / "last.pt")["step"] == 2
 
@@ -162,7 +162,7 @@ def test_out_of_memory_names_the_batch_size_and_a_fix(
     assert main(_finetune(tiny_pipeline_run, tmp_path / "ft")) == 3
     err = error_line(capsys.readouterr().err, "finetune")
     assert (
-        "finetune: out of memory on cpu at step 0 with batch_size 4" in err and "last checkpoint: none" in err
+        "finetune: out of memory on cpu at step 1 with batch_size 4" in err and "last checkpoint: none" in err
     )
     fault.record(
         RUNTIME,

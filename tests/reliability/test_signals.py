@@ -144,6 +144,10 @@ def test_a_second_signal_stops_at_once_and_keeps_the_last_checkpoint(
     run = tmp_path / "run"
     process = fork(_slow_pretrain_cli, run)
     _wait_for_training(run, process.is_alive)
+    deadline = time.time() + 30
+    while not (run / "last.pt").exists():  # step 1's checkpoint is written: step 2 (1 s) has begun
+        assert time.time() < deadline
+        time.sleep(0.01)
     time.sleep(0.1)  # inside the next (slow) step
     assert process.pid is not None
     steps_before = _logged_steps(run)

@@ -235,7 +235,8 @@ def explain_out_of_memory(
     stage: str, step: int, batch_size: int, device: torch.device, checkpoint: Path
 ) -> Iterator[None]:
     """Turn an out-of-memory error in a training step into :class:`TrainingOutOfMemory` naming the batch size
-    that failed, the device, the last checkpoint and the fixes (other errors pass through unchanged)."""
+    that failed, the device, the last checkpoint and the fixes (other errors pass through unchanged).
+    ``step`` is the 0-based index of the step; messages count steps from 1, as the NaN stop does."""
     try:
         yield
     except RuntimeError as err:
@@ -244,7 +245,7 @@ def explain_out_of_memory(
         first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
         per_device = batch_size // max(distributed.get_world_size(), 1)
         raise TrainingOutOfMemory(
-            f"{stage}: out of memory on {device} at step {step} with batch_size {batch_size} "
+            f"{stage}: out of memory on {device} at step {step + 1} with batch_size {batch_size} "
             f"({per_device} per device): {first_line}. Try --set batch_size={max(batch_size // 2, 1)} "
             "(or more devices), precision=bf16, or a smaller model; last checkpoint: "
             f"{checkpoint if checkpoint.exists() else 'none'} (resume from it with --resume)."
