@@ -86,7 +86,7 @@ def render(records: dict, wall: float | None) -> str:
             )
             rows[case["category"]].append((case["case"], case["count"], outcome, _short(t["nodeid"])))
         if not t["cases"]:
-            rows.setdefault("Unrecorded", []).append(
+            rows.setdefault("Tests that recorded no case (failed before recording)", []).append(
                 ("(the test recorded no case)", 0, f"**{t['result'].upper()}**", _short(t["nodeid"]))
             )
     try:
