@@ -49,3 +49,39 @@ def test_torchrun_two_processes_run_the_whole_pipeline(tmp_path: Path) -> None:
     for ckpt in run.rglob("last.pt"):
         assert not any(k.startswith("module.") for k in load_checkpoint(ckpt)["model"]), ckpt
     assert not list(run.rglob("*.tmp"))
+
+
+def test_sigterm_to_torchrun_stops_every_rank_at_the_same_step_and_resumes(tmp_path: Path) -> None:
+    """torchrun forwards SIGTERM to every rank; the ranks agree on the step to stop at (a rank stopping
+    alone would leave the others blocked in a collective), rank 0 writes the checkpoint, every rank exits
+    75, and ``--resume`` under torchrun finishes the run."""
+    import signal
+    import time
+
+    run = tmp_path / "pre"
+    sets = [
+        "data.name=synthetic", "data.synthetic_size=256", "model.backbone=r18_0.125x_sk0", "batch_size=32",
+        "epochs=50", "precision=fp32", "log_every_steps=1", "eval.knn_every_epochs=0",
+        "optim.warmup_epochs=0", f"run_dir={run}",
+    ]  # fmt: skip
+    args = [arg for item in sets for arg in ("--set", item)]
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd = [*base, "-m", "simclrv2", "pretrain", "--device", "cpu", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = run / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert err.count("interrupted") >= 2 or "exitcode  : 75" in err, err[-3000:]
+    ckpt = load_checkpoint(run / "last.pt", stage="pretrain")
+    assert 3 <= ckpt["step"] < 400
+    resumed = subprocess.run(
+        [*cmd, "--resume", "--set", f"max_steps={ckpt['step'] + 2}"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert load_checkpoint(run / "last.pt", stage="pretrain")["step"] == ckpt["step"] + 2

@@ -9,6 +9,8 @@ previous checkpoint intact.
 
 from __future__ import annotations
 
+import errno
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -35,19 +37,32 @@ def unwrap(module: nn.Module) -> nn.Module:
             return module
 
 
+class CheckpointWriteError(CheckpointError, OSError):
+    """Writing a checkpoint failed (disk full, no permission...); the previous checkpoint is intact."""
+
+
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to a temp file next to ``path``, fsync, then rename over ``path``."""
+    """``torch.save`` to a temp file next to ``path``, fsync, then rename over ``path``.
+
+    A failure (e.g. a full disk) raises :class:`CheckpointWriteError` and leaves ``path`` as it was; a
+    process killed mid-write leaves only a stale temp file, which the next successful save removes.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _write_error(path, err) from err
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise _write_error(path, err) from err
         raise
     # Make the rename itself durable.
     dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -55,6 +70,31 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+    # Temp files of writes that were killed (SIGKILL, power loss) before their rename: one writer per path
+    # (rank 0), so any other temp file of this checkpoint is stale.
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def _write_error(path: Path, err: OSError) -> CheckpointWriteError:
+    reason = err.strerror or str(err)
+    hint = " Free some disk space" if err.errno == errno.ENOSPC else " Fix the directory's space/permissions"
+    exc = CheckpointWriteError(
+        f"cannot write checkpoint {path}: {reason}. The previous checkpoint is intact ("
+        f"{'exists' if path.exists() else 'none yet'});{hint}, or choose another run_dir, then resume with "
+        "--resume."
+    )
+    exc.errno = err.errno
+    return exc
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a small text file (results.json: the "stage finished" marker) so that a kill mid-write never
+    leaves a half-written file: temp file, then rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def load_checkpoint(path: str | Path, stage: str | None = None) -> dict[str, Any]:
@@ -87,3 +127,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_state_checked(module: nn.Module, state: dict[str, Any], path: str | Path) -> None:
+    """``module.load_state_dict(state)`` (strict); a mismatch raises :class:`CheckpointError` listing the
+    missing, unexpected and mis-shaped keys (the checkpoint was made for another architecture)."""
+    own = module.state_dict()
+    missing = sorted(k for k in own if k not in state)
+    unexpected = sorted(k for k in state if k not in own)
+    shapes = sorted(
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)
+    )
+    problems = [
+        f"{what} {len(keys)} keys: {', '.join(keys[:6])}{', ...' if len(keys) > 6 else ''}"
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes))
+        if keys
+    ]
+    if problems:
+        raise CheckpointError(
+            f"{path} does not fit this model ({'; '.join(problems)}): it was made for another architecture "
+            "(backbone, head or number of classes); use the config it was trained with, or another run_dir."
+        )
+    module.load_state_dict(state)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -384,22 +385,46 @@ COMMANDS = {
 }
 
 
+def _one_line(err: BaseException) -> str:
+    """The error's message; for one re-raised from a DataLoader worker (whose message carries the worker's
+    traceback), only its last line, the original message."""
+    text = str(err)
+    if "Traceback (most recent call last)" in text:
+        text = [line for line in text.splitlines() if line.strip()][-1]
+        text = text.split(": ", 1)[1] if ": " in text else text
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit codes: 0 done, 2 bad input (config, data, checkpoint, disk), 3 stopped (NaN/Inf loss, out of
+    memory), 75 interrupted by SIGTERM/SIGINT after a checkpoint (resumable: rerun with --resume), 130/143
+    stopped at once by a second SIGINT/SIGTERM (the previous checkpoint is intact)."""
     args = build_parser().parse_args(argv)
     from simclrv2.checkpoint import CheckpointError
     from simclrv2.config import ConfigError
+    from simclrv2.data.datasets import BadImagesError
+    from simclrv2.engine.runtime import EXIT_INTERRUPTED, TrainingInterrupted, TrainingOutOfMemory
 
+    bad_input = (ConfigError, CheckpointError, BadImagesError, FileNotFoundError, FileExistsError, ValueError)
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"simclrv2 {args.command}: error: {err}", file=sys.stderr)
+    except bad_input as err:
+        print(f"simclrv2 {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
-    except FloatingPointError as err:
+    except (FloatingPointError, TrainingOutOfMemory) as err:
         print(f"simclrv2 {args.command}: stopped: {err}", file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
-        print(f"simclrv2 {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except TrainingInterrupted as err:
+        print(f"simclrv2 {args.command}: interrupted: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        print(
+            f"simclrv2 {args.command}: stopped at once by {signal.Signals(signum).name}; any checkpoint "
+            "already written is intact (rerun with --resume to continue from it)",
+            file=sys.stderr,
+        )
+        return 128 + signum
 
 
 if __name__ == "__main__":

@@ -40,6 +40,9 @@ class DataConfig:
     """DataLoader workers for streamed datasets (in-memory datasets use none)."""
     synthetic_size: int | None = None
     """synthetic only: number of training images."""
+    bad_images: str = "fail"
+    """imagefolder: unreadable or corrupt image files stop the run before work (``fail``, listing them) or
+    are left out with a warning that counts them (``skip``)."""
 
 
 @dataclass
@@ -149,6 +152,7 @@ class PretrainConfig:
         _check_nonnegative("model.head_layers", self.model.head_layers)
         _check_positive("model.head_dim", self.model.head_dim)
         _check_nonnegative("data.num_workers", self.data.num_workers)
+        _check_data(self.data)
         for key in ("max_steps", "data.image_size", "data.load_size", "eval.knn_train_limit"):
             value = get_key(self, key)
             if value is not None:
@@ -201,6 +205,8 @@ class FinetuneConfig:
     precision: str = "auto"
     channels_last: bool = True
     log_every_steps: int = 20
+    checkpoint_every_steps: int = 0
+    """Also checkpoint every N steps inside an epoch (0 = at the end of each epoch only)."""
     eval_batch_size: int = 512
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=_finetune_optim)
@@ -239,6 +245,7 @@ class SupervisedConfig:
     precision: str = "auto"
     channels_last: bool = True
     log_every_steps: int = 20
+    checkpoint_every_steps: int = 0
     eval_batch_size: int = 512
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=_supervised_optim)
@@ -299,6 +306,7 @@ class LinearEvalConfig:
         _check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
         _check_choice("precision", self.precision, ("auto", "bf16", "fp32"))
         _check_label_spec(self.labels)
+        _check_data(self.data)
         if not self.l2_grid or any(not v >= 0 for v in self.l2_grid):
             raise ConfigError(f"l2_grid must be a non-empty list of values >= 0, got {self.l2_grid}.")
         _check_range("val_fraction", self.val_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
@@ -346,6 +354,7 @@ class DistillConfig:
     precision: str = "auto"
     channels_last: bool = True
     log_every_steps: int = 20
+    checkpoint_every_steps: int = 0
     eval_batch_size: int = 512
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=_distill_optim)
@@ -472,7 +481,9 @@ def _validate_classify(c: Any, labels: bool = True) -> None:
     _check_nonnegative("optim.warmup_epochs", c.optim.warmup_epochs)
     _check_range("crop_min_scale", c.crop_min_scale, 0.0, 1.0, lo_open=True)
     _check_positive("log_every_steps", c.log_every_steps)
+    _check_nonnegative("checkpoint_every_steps", c.checkpoint_every_steps)
     _check_positive("eval_batch_size", c.eval_batch_size)
+    _check_data(c.data)
     for key in ("epochs", "max_steps", "data.image_size"):
         value = get_key(c, key)
         if value is not None:
@@ -480,6 +491,17 @@ def _validate_classify(c: Any, labels: bool = True) -> None:
 
 
 DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic")
+
+
+def _check_data(data: DataConfig) -> None:
+    _check_choice("data.bad_images", data.bad_images, ("fail", "skip"))
+    if data.image_size is not None and data.load_size is not None and data.image_size > data.load_size:
+        raise ConfigError(
+            f"data.image_size={data.image_size} (the crop) is larger than data.load_size={data.load_size} "
+            "(the side the images are loaded at): every crop would be upscaled. Set data.load_size >= "
+            f"data.image_size, e.g. --set data.load_size={round(data.image_size / 0.875)}."
+        )
+
 
 C = TypeVar("C")
 
@@ -566,7 +588,7 @@ def from_dict(cls: type[C], values: Mapping[str, Any], prefix: str = "") -> C:
     """Build dataclass ``cls`` from a (nested) mapping; unknown keys and wrong types raise ConfigError."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - names)
+    unknown = sorted(set(values) - names, key=str)  # YAML keys may be numbers too
     if unknown:
         raise ConfigError(
             f"unknown config key {prefix}{unknown[0]!s}; valid keys here: "
@@ -607,7 +629,13 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
         key = key.strip()
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
-        value = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise ConfigError(
+                f"override {item!r}: the value is not valid YAML ({str(err).splitlines()[0]}); quote text, "
+                "e.g. --set 'key=\"text\"'"
+            ) from None
         node = nested
         parts = key.split(".")
         for part in parts[:-1]:
@@ -637,6 +665,8 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequenc
             raise ConfigError(f"config file {path} does not exist (see configs/ for examples)")
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not UTF-8 text (is it a YAML file?)") from None
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
         if not isinstance(loaded, Mapping):

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import gzip
 import os
+import sys
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +62,17 @@ DEFAULT_IMAGEFOLDER_SIZE = 256  # 224 / 0.875: room for the SPEC.md §5 eval cen
 DEFAULT_SYNTHETIC_SIZE = {"train": 512, "test": 256}
 DEFAULT_SYNTHETIC_IMAGE_SIZE = 32
 SYNTHETIC_CLASSES = 10
+BAD_IMAGE_POLICIES = ("fail", "skip")
+
+
+class BadImagesError(RuntimeError):
+    """Image files that cannot be read (``data.bad_images=fail``); the message lists them and the fix.
+
+    Not a ValueError/FileNotFoundError: the stages treat those as "this split does not exist"."""
+
+
+class BadImagesWarning(UserWarning):
+    """Image files left out or upscaled; the message counts them and lists the first few."""
 
 
 @dataclass
@@ -122,6 +136,7 @@ def load_dataset(
     image_size: int | None = None,
     synthetic_size: int | None = None,
     seed: int = 0,
+    bad_images: str = "fail",
 ) -> ImageData:
     """Load one split of a dataset as an :class:`ImageData`.
 
@@ -136,6 +151,8 @@ def load_dataset(
             Fixed-size datasets keep their native resolution; augmentation resizes crops anyway.
         synthetic_size: number of synthetic images (default 512 train / 256 test).
         seed: seed of the synthetic data.
+        bad_images: imagefolder: ``fail`` on unreadable image files (listing them) or ``skip`` them with a
+            warning (see :func:`load_imagefolder`).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
@@ -148,7 +165,7 @@ def load_dataset(
     if name == "stl10":
         return load_stl10(split, root, download)
     if name == "imagefolder":
-        return load_imagefolder(split, root, image_size)
+        return load_imagefolder(split, root, image_size, bad_images)
     return make_synthetic(split, synthetic_size, image_size, seed)
 
 
@@ -342,11 +359,12 @@ class ImageFolderDataset(Dataset):
     reference counts touch them (the "copy-on-read" memory growth of PyTorch issue #13246).
     """
 
-    def __init__(self, samples: list[tuple[str, int]], image_size: int) -> None:
+    def __init__(self, samples: list[tuple[str, int]], image_size: int, bad_images: str = "fail") -> None:
         self.paths = np.array([path for path, _ in samples], dtype=np.str_)
         self.labels = np.array([label for _, label in samples], dtype=np.int64)
         self.image_size = image_size
         self.image_shape = (3, image_size, image_size)
+        self.bad_images = bad_images
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -354,7 +372,26 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         from torchvision.transforms.v2 import functional as F
 
-        image = decode_rgb(str(self.paths[index]), min_size=self.image_size)
+        # The header scan before training catches most bad files; one that only fails to decode (a truncated
+        # JPEG) stops the run with its path (``fail``) or is replaced by the next readable image (``skip``:
+        # deterministic, so resume stays exact).
+        for attempt in range(min(len(self), 100)):
+            i = (index + attempt) % len(self)
+            path = str(self.paths[i])
+            try:
+                image = decode_rgb(path, min_size=self.image_size)
+                break
+            except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for unreadable files
+                reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                if self.bad_images != "skip":
+                    raise BadImagesError(
+                        f"cannot decode image {path} ({reason}). Fix: remove or repair it, or leave "
+                        "unreadable images out with --set data.bad_images=skip"
+                    ) from None
+                print(f"simclrv2: warning: skipping unreadable image {path} ({reason})", file=sys.stderr)
+        else:
+            raise BadImagesError(f"no readable image among the 100 files from {self.paths[index]} on")
+        index = i
         size = self.image_size
         image = F.resize(image, [size], antialias=True)  # one int: the shorter side becomes `size`
         image = F.center_crop(image, [size, size])
@@ -369,19 +406,87 @@ def _class_dirs(directory: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
 
 
-def _image_files(directory: Path) -> list[str]:
-    return sorted(
-        str(p)
-        for p in directory.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
-    )
+def _list_files(directory: Path) -> tuple[list[str], list[str]]:
+    """(image files, other files) under ``directory``, sorted; hidden files are not listed."""
+    images: list[str] = []
+    others: list[str] = []
+    for p in directory.rglob("*"):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        (images if p.suffix.lower() in IMAGE_EXTENSIONS else others).append(str(p))
+    return sorted(images), sorted(others)
 
 
-def load_imagefolder(split: str, root: str | Path | None, image_size: int | None = None) -> ImageData:
+def probe_image(path: str) -> tuple[str, tuple[int, int]] | str:
+    """(mode, (width, height)) from the file's header, or the reason it is not a readable image.
+
+    Reads the header only (PIL opens lazily), so scanning a large folder costs about one small read per file;
+    PNGs are also checked chunk by chunk (``verify``), which catches truncated ones."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            mode, size = img.mode, img.size
+            if img.format == "PNG":
+                img.verify()
+    except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as err:
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"
+    if size[0] < 1 or size[1] < 1:
+        return f"empty image {size[0]}x{size[1]}"
+    return mode, size
+
+
+def scan_images(files: list[str], policy: str, load_size: int) -> list[str]:
+    """The readable files of ``files`` (header scan, threads for large folders), before any training.
+
+    Unreadable ones raise :class:`BadImagesError` listing them (``policy="fail"``) or are dropped with a
+    :class:`BadImagesWarning` that counts them (``"skip"``). Images smaller than ``load_size`` are kept
+    (upscaled, as every reference pipeline does) with a warning."""
+    if policy not in BAD_IMAGE_POLICIES:
+        raise ValueError(f"data.bad_images: {policy!r} is not one of {', '.join(BAD_IMAGE_POLICIES)}")
+    if len(files) > 256:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            probes = list(pool.map(probe_image, files, chunksize=64))
+    else:
+        probes = [probe_image(f) for f in files]
+    bad = [(f, p) for f, p in zip(files, probes, strict=True) if isinstance(p, str)]
+    small = [
+        f for f, p in zip(files, probes, strict=True) if not isinstance(p, str) and min(p[1]) < load_size
+    ]
+    if bad:
+        listed = "; ".join(f"{f} ({why})" for f, why in bad[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        if policy == "fail":
+            raise BadImagesError(
+                f"{len(bad)} of {len(files)} image files cannot be read: {listed}{more}. Fix: remove or "
+                "repair them, or leave them out with --set data.bad_images=skip"
+            )
+        warnings.warn(
+            f"skipped {len(bad)} of {len(files)} unreadable image files (data.bad_images=skip): "
+            f"{listed}{more}",
+            BadImagesWarning,
+            stacklevel=3,
+        )
+    if small:
+        warnings.warn(
+            f"{len(small)} of {len(files)} images are smaller than the load size {load_size} px and are "
+            f"upscaled, e.g. {', '.join(small[:3])} (lower data.load_size to avoid it)",
+            BadImagesWarning,
+            stacklevel=3,
+        )
+    bad_set = {f for f, _ in bad}
+    return [f for f in files if f not in bad_set]
+
+
+def load_imagefolder(
+    split: str, root: str | Path | None, image_size: int | None = None, bad_images: str = "fail"
+) -> ImageData:
     """Images in ``root/{train,test}/<class>/*`` (``val`` may replace ``test``), streamed.
 
     Class names are the sorted union of the class folders of both splits, so that a label means the same
-    class in train and test even if one split lacks a class.
+    class in train and test even if one split lacks a class. Every file's header is read before training
+    (:func:`scan_images`): unreadable files stop the run or, with ``bad_images="skip"``, are left out; files
+    that are not images by their extension are ignored with a warning.
     """
     if root is None:
         raise ValueError("imagefolder needs a root: the directory holding train/ and test/ (or val/)")
@@ -408,8 +513,10 @@ def load_imagefolder(split: str, root: str | Path | None, image_size: int | None
         )
     samples: list[tuple[str, int]] = []
     empty = []
+    others = []
     for class_name in present:
-        files = _image_files(split_dir / class_name)
+        files, other = _list_files(split_dir / class_name)
+        others += other
         if not files:
             empty.append(class_name)
         label = classes.index(class_name)
@@ -419,11 +526,27 @@ def load_imagefolder(split: str, root: str | Path | None, image_size: int | None
             f"no images ({', '.join(IMAGE_EXTENSIONS)}) in class folders of {split_dir}: {', '.join(empty)}. "
             "Remove the empty folders or add images."
         )
+    if others:
+        warnings.warn(
+            f"ignored {len(others)} files in {split_dir} that are not images "
+            f"({', '.join(IMAGE_EXTENSIONS)}), e.g. {', '.join(others[:3])}",
+            BadImagesWarning,
+            stacklevel=2,
+        )
+    readable = set(scan_images([f for f, _ in samples], bad_images, size))
+    samples = [(f, label) for f, label in samples if f in readable]
+    left = {classes[label] for _, label in samples}
+    lost = [c for c in present if c not in left]
+    if lost:
+        raise BadImagesError(
+            f"no readable images left in class folders of {split_dir}: {', '.join(lost)} "
+            "(data.bad_images=skip left out every file). Repair the images or remove the folders."
+        )
     return ImageData(
         images=None,
         labels=torch.tensor([label for _, label in samples], dtype=torch.int64),
         classes=classes,
-        dataset=ImageFolderDataset(samples, size),
+        dataset=ImageFolderDataset(samples, size, bad_images),
         name=f"imagefolder/{split}",
     )
 

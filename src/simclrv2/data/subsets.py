@@ -154,7 +154,7 @@ def load_indices(path: str | Path, dataset_size: int | None = None) -> Tensor:
     """Read an index file written by :func:`save_indices`; checks the indices fit ``dataset_size``."""
     path = Path(path)
     values = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(_read_text(path).splitlines(), 1):
         line = line.strip()
         if not line:
             continue
@@ -164,6 +164,11 @@ def load_indices(path: str | Path, dataset_size: int | None = None) -> Tensor:
             raise ValueError(f"{path}:{lineno}: {line!r} is not an image index") from None
     if not values:
         raise ValueError(f"index file {path} is empty")
+    if not all(0 <= v < 2**62 for v in values):  # checked before a tensor overflows on it
+        raise ValueError(
+            f"index file {path} holds an index out of range ({min(values)} .. {max(values)}): it belongs to "
+            "another dataset or is damaged; delete it or use another run_dir"
+        )
     idx = torch.tensor(values, dtype=torch.int64)
     if len(idx.unique()) != len(idx):
         raise ValueError(f"index file {path} lists some images twice")
@@ -185,7 +190,7 @@ def read_subset_file(path: str | Path, file_names: Sequence[str]) -> Tensor:
     path = Path(path)
     position = {name: i for i, name in enumerate(file_names)}
     found, unknown = [], []
-    for lineno, raw in enumerate(path.read_text().splitlines(), 1):
+    for lineno, raw in enumerate(_read_text(path).splitlines(), 1):
         name = raw.strip()
         if not name:
             continue
@@ -205,6 +210,13 @@ def read_subset_file(path: str | Path, file_names: Sequence[str]) -> Tensor:
     if not found:
         raise ValueError(f"subset file {path} lists no images")
     return torch.tensor(sorted(set(found)), dtype=torch.int64)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
 
 
 def dataset_file_names(data: ImageData) -> list[str]:

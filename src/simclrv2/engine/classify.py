@@ -32,6 +32,7 @@ from simclrv2.checkpoint import (
     CheckpointError,
     atomic_save,
     load_checkpoint,
+    load_state_checked,
     rng_state,
     set_rng_state,
     unwrap,
@@ -39,7 +40,18 @@ from simclrv2.checkpoint import (
 from simclrv2.config import ConfigError, save_config
 from simclrv2.data import BatchLoader, ImageData, crop_flip
 from simclrv2.engine.evaluate import extract_features, topk_accuracy
-from simclrv2.engine.runtime import MetricsLogger, autocast, echo, progress, step_generator, write_json
+from simclrv2.engine.runtime import (
+    GracefulInterrupt,
+    MetricsLogger,
+    autocast,
+    echo,
+    explain_out_of_memory,
+    nonfinite_error,
+    nonfinite_parameters,
+    progress,
+    step_generator,
+    write_json,
+)
 from simclrv2.optim import LARS, param_groups, set_learning_rate, warmup_cosine
 
 __all__ = [
@@ -83,6 +95,8 @@ class TrainSettings:
     crop_scale: tuple[float, float] = (0.08, 1.0)
     channels_last: bool = True
     log_every_steps: int = 20
+    checkpoint_every_steps: int = 0
+    """Also checkpoint every N steps inside an epoch (0 = at the end of each epoch only)."""
     eval_batch_size: int = 512
     config: Any = None
     """The stage's config dataclass: saved as config.yaml and into every checkpoint."""
@@ -127,6 +141,7 @@ class TrainSettings:
             crop_scale=(config.crop_min_scale, 1.0),
             channels_last=config.channels_last,
             log_every_steps=config.log_every_steps,
+            checkpoint_every_steps=getattr(config, "checkpoint_every_steps", 0),
             eval_batch_size=config.eval_batch_size,
             config=config,
             extra=extra,
@@ -314,6 +329,8 @@ class ClassifierTrainer:
             self.model, settings.optimizer, settings.peak_lr, settings.momentum, settings.weight_decay
         )
         self.last_loss = float("nan")
+        self.interrupt = GracefulInterrupt()
+        self.loss_window: Tensor | None = None  # fit's running loss sum, checked before each save
 
     # -- pieces a subclass may override ------------------------------------------------------------------
 
@@ -343,6 +360,7 @@ class ClassifierTrainer:
         """The checkpoint (rank 0 only; the plain model's weights, no ``module.`` prefix)."""
         from simclrv2.config import to_dict
 
+        self._check_finite(step)  # on every rank (a collective), so all of them stop together
         if not distributed.is_main_process():
             return
         state = {
@@ -363,6 +381,18 @@ class ClassifierTrainer:
         }
         atomic_save(state, self.checkpoint_path)
 
+    def _check_finite(self, step: int) -> None:
+        """Never overwrite the last good checkpoint with NaN/Inf weights (the loss is only synced every
+        ``log_every_steps``): check the unlogged loss window and the weights before writing."""
+        if self.loss_window is not None and not bool(
+            torch.isfinite(distributed.reduce_mean(self.loss_window))
+        ):
+            raise nonfinite_error(self.s.stage, "loss became non-finite", step, self.lr, self.checkpoint_path)
+        bad = nonfinite_parameters(unwrap(self.model))
+        if bad:
+            what = f"weights became non-finite ({len(bad)} tensors, e.g. {bad[0]})"
+            raise nonfinite_error(self.s.stage, what, step, self.lr, self.checkpoint_path)
+
     def _start(self, resume: bool) -> int:
         path = self.checkpoint_path
         check_run_dir(self.run_dir, resume)
@@ -377,7 +407,7 @@ class ClassifierTrainer:
                 f"{path} was a run of {ckpt['total_steps']} steps, this config gives {self.total_steps}: "
                 "resume with the same epochs, batch size and labels"
             )
-        unwrap(self.model).load_state_dict(ckpt["model"])
+        load_state_checked(unwrap(self.model), ckpt["model"], path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
         return int(ckpt["step"])
@@ -391,10 +421,13 @@ class ClassifierTrainer:
     def train_step(self, images: Tensor, labels: Tensor, step: int) -> Tensor:
         lr = warmup_cosine(step, self.total_steps, self.warmup_steps, self.s.peak_lr)
         set_learning_rate(self.optimizer, lr)
-        loss = self.loss(self.augment(images, step), labels, step)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        with explain_out_of_memory(
+            self.s.stage, step, self.s.batch_size, self.s.device, self.checkpoint_path
+        ):
+            loss = self.loss(self.augment(images, step), labels, step)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
         return loss.detach()
 
     def _log(
@@ -422,10 +455,12 @@ class ClassifierTrainer:
         logger = MetricsLogger(self.run_dir)
         bar = progress(total=stop_at, initial=step, desc=s.stage, unit="step", disable=not s.show_progress)
         loss_sum = torch.zeros((), device=s.device)
+        self.loss_window = loss_sum
         window, t0 = 0, time.time()
         train_time, train_images = 0.0, 0
         wall = time.time()
         self.train_model.train()
+        self.interrupt.install()  # SIGTERM/SIGINT: finish the step, checkpoint, exit "resumable"
         try:
             while step < stop_at:
                 epoch, start_batch = divmod(step, self.steps_per_epoch)
@@ -441,10 +476,17 @@ class ClassifierTrainer:
                         bar.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{self.lr:.3g}", img_s=f"{ips:.0f}")
                         loss_sum.zero_()
                         window, t0 = 0, time.time()
+                    if s.checkpoint_every_steps and step % s.checkpoint_every_steps == 0:
+                        self.save(step)
+                    self.interrupt.stop_if_requested(
+                        s.stage, step, stop_at, self.save, self.checkpoint_path, s.device,
+                        sync_now=s.device.type != "cuda" or step % s.log_every_steps == 0 or step == stop_at,
+                    )  # fmt: skip
                     if step == stop_at:
                         break
                 self.save(step)
         finally:
+            self.interrupt.restore()
             bar.close()
             logger.close()
         return {

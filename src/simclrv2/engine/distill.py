@@ -18,7 +18,7 @@ from simclrv2 import distributed
 from simclrv2.checkpoint import CheckpointError, load_checkpoint
 from simclrv2.config import ConfigError, DistillConfig
 from simclrv2.data.subsets import load_indices, subset_data
-from simclrv2.engine.classify import ClassifierTrainer, TrainSettings, check_run_dir, fit_batch_size
+from simclrv2.engine.classify import ClassifierTrainer, TrainSettings, check_run_dir
 from simclrv2.engine.finetune import build_model, build_model_from_checkpoint, load_split_pair, model_arch
 from simclrv2.engine.runtime import (
     autocast,
@@ -124,7 +124,7 @@ def distill(config: DistillConfig, resume: bool = False, show_progress: bool = T
             alpha=config.alpha,
         )
 
-    batch = fit_batch_size(config.batch_size, len(train), STAGE)
+    batch = config.batch_size  # all training images: a batch larger than them is an error (BatchLoader)
     settings = TrainSettings.from_config(
         config,
         stage=STAGE,

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from simclrv2 import distributed
-from simclrv2.checkpoint import CheckpointError, load_checkpoint
+from simclrv2.checkpoint import CheckpointError, load_checkpoint, load_state_checked
 from simclrv2.config import FinetuneConfig
 from simclrv2.data import ImageData, load_dataset
 from simclrv2.data.subsets import default_epochs, labeled_subset
@@ -31,7 +31,11 @@ STAGE = "finetune"
 def load_split_pair(data_cfg: Any, seed: int) -> tuple[ImageData, ImageData | None]:
     """The labeled training split (``data.train_split``) and the test split (None when there is none)."""
     kwargs: dict[str, Any] = dict(
-        root=data_cfg.root, download=data_cfg.download, seed=seed, image_size=data_cfg.load_size
+        root=data_cfg.root,
+        download=data_cfg.download,
+        seed=seed,
+        image_size=data_cfg.load_size,
+        bad_images=data_cfg.bad_images,
     )
     train = load_dataset(
         data_cfg.name, data_cfg.train_split, synthetic_size=data_cfg.synthetic_size, **kwargs
@@ -70,6 +74,7 @@ def build_model_from_checkpoint(ckpt: dict[str, Any] | str | Path) -> FineTuneMo
 
     Used by distillation to load the teacher. The state dict must match exactly.
     """
+    source = f"a {ckpt.get('stage')!r} checkpoint" if isinstance(ckpt, dict) else str(ckpt)
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
     if "arch" not in ckpt:
@@ -78,7 +83,7 @@ def build_model_from_checkpoint(ckpt: dict[str, Any] | str | Path) -> FineTuneMo
             "expected a finetune or supervised checkpoint"
         )
     model = build_model(ckpt["arch"])
-    model.load_state_dict(ckpt["model"])
+    load_state_checked(model, ckpt["model"], source)
     return model
 
 

@@ -317,7 +317,10 @@ def write_pipeline_report(root: Path, results: dict[str, Any]) -> Path:
             cm, classes, fig_dir / "confusion_matrix.png", title=f"{best['name']} (test)"
         )
         data = results["config"]["data"]
-        test = load_dataset(data["name"], "test", root=data["root"], image_size=data["load_size"])
+        test = load_dataset(
+            data["name"], "test", root=data["root"], image_size=data["load_size"],
+            bad_images=data.get("bad_images", "fail"),
+        )  # fmt: skip
         n = min(32, len(preds["label"]))
         if test.images is not None:
             images = test.images[:n]

@@ -23,6 +23,7 @@ from simclrv2.checkpoint import (
     CHECKPOINT_FORMAT,
     atomic_save,
     load_checkpoint,
+    load_state_checked,
     rng_state,
     set_rng_state,
     unwrap,
@@ -31,10 +32,14 @@ from simclrv2.config import ConfigError, PretrainConfig, save_config, to_dict
 from simclrv2.data import AugmentConfig, BatchLoader, ImageData, load_dataset, two_view_batch
 from simclrv2.engine.evaluate import extract_features, knn_classify, topk_accuracy
 from simclrv2.engine.runtime import (
+    GracefulInterrupt,
     MetricsLogger,
     autocast,
     device_type,
     echo,
+    explain_out_of_memory,
+    nonfinite_error,
+    nonfinite_parameters,
     progress,
     resolve_device,
     resolve_precision,
@@ -48,10 +53,6 @@ from simclrv2.optim import LARS, param_groups, scale_learning_rate, set_learning
 
 STAGE = "pretrain"
 CHECKPOINT_NAME = "last.pt"
-
-
-class TrainingInterrupted(RuntimeError):
-    pass
 
 
 class PretrainModule(nn.Module):
@@ -106,6 +107,7 @@ def prepare(config: PretrainConfig) -> PretrainSetup:
         download=config.data.download,
         seed=config.seed,
         image_size=config.data.load_size,
+        bad_images=config.data.bad_images,
     )
     train = load_dataset(
         config.data.name, config.data.train_split, synthetic_size=config.data.synthetic_size, **data_kwargs
@@ -196,7 +198,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     step = 0
     if resume:
         ckpt = load_checkpoint(ckpt_path, stage=STAGE)
-        module.load_state_dict(ckpt["model"])
+        load_state_checked(module, ckpt["model"], ckpt_path)
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
         step = int(ckpt["step"])
@@ -208,7 +210,8 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     logger = MetricsLogger(run_dir)
     trainer = _Trainer(setup, train_module, optimizer, logger)
     try:
-        results = trainer.run(start_step=step)
+        with trainer.interrupt:  # SIGTERM/SIGINT: finish the step, checkpoint, exit "resumable"
+            results = trainer.run(start_step=step)
     finally:
         logger.close()
     write_json(run_dir / "results.json", results)
@@ -272,8 +275,11 @@ class _Trainer:
         self.last_probe: dict[str, float] = {}
         self.knn_step = -1
         self.last_loss = float("nan")
+        self.interrupt = GracefulInterrupt()
+        self.loss_window: Tensor | None = None  # the loop's running loss sum, checked before each save
 
     def save(self, step: int) -> None:
+        self._check_finite(step)  # on every rank (a collective), so all of them stop together
         if not distributed.is_main_process():
             return
         state = {
@@ -290,6 +296,19 @@ class _Trainer:
         }
         atomic_save(state, self.run_dir / CHECKPOINT_NAME)
 
+    def _check_finite(self, step: int) -> None:
+        """Never overwrite the last good checkpoint with NaN/Inf weights: the loss is only synced every
+        ``log_every_steps``, so check the unlogged window and the weights themselves before writing."""
+        checkpoint = self.run_dir / CHECKPOINT_NAME
+        if self.loss_window is not None and not bool(
+            torch.isfinite(distributed.reduce_mean(self.loss_window))
+        ):
+            raise nonfinite_error(STAGE, "loss became non-finite", step, self.lr, checkpoint)
+        bad = nonfinite_parameters(unwrap(self.module))
+        if bad:
+            what = f"weights became non-finite ({len(bad)} tensors, e.g. {bad[0]})"
+            raise nonfinite_error(STAGE, what, step, self.lr, checkpoint)
+
     def train_step(self, images: Tensor, labels: Tensor, step: int) -> tuple[Tensor, Tensor | None]:
         """Set the LR for ``step``, draw this rank's two views of its shard, and take one step."""
         s, c = self.s, self.c
@@ -297,9 +316,11 @@ class _Trainer:
         gen = step_generator(s.device, c.seed, step)
         shard = (distributed.get_rank(), distributed.get_world_size())
         views = two_view_batch(images, s.augment, gen, shard=shard)  # this rank's rows of one global draw
-        return contrastive_step(
-            self.module, self.optimizer, views, labels, c.temperature, s.device, s.precision, c.channels_last
-        )
+        with explain_out_of_memory(STAGE, step, c.batch_size, s.device, self.run_dir / CHECKPOINT_NAME):
+            return contrastive_step(
+                self.module, self.optimizer, views, labels, c.temperature, s.device, s.precision,
+                c.channels_last,
+            )  # fmt: skip
 
     def evaluate(self, step: int) -> None:
         """kNN top-1/top-5 on the test split (and the online probe's accuracy on the same features).
@@ -374,6 +395,7 @@ class _Trainer:
         bar = progress(total=stop_at, initial=step, desc="pretrain", unit="step")
         loss_sum = torch.zeros((), device=s.device)
         probe_sum = torch.zeros((), device=s.device)
+        self.loss_window = loss_sum
         window_steps, window_start = 0, time.time()
         train_time, train_images = 0.0, 0
         wall_start = time.time()
@@ -398,6 +420,10 @@ class _Trainer:
                     window_steps, window_start = 0, time.time()
                 if c.checkpoint_every_steps and step % c.checkpoint_every_steps == 0:
                     self.save(step)
+                self.interrupt.stop_if_requested(
+                    STAGE, step, stop_at, self.save, self.run_dir / CHECKPOINT_NAME, s.device,
+                    sync_now=s.device.type != "cuda" or step % c.log_every_steps == 0 or step == stop_at,
+                )  # fmt: skip
                 if step == stop_at:
                     break
             epoch_done = step % s.steps_per_epoch == 0

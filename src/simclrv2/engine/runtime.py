@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from simclrv2 import distributed
+from simclrv2.config import ConfigError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -24,7 +26,7 @@ def resolve_device(name: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda was requested but no CUDA GPU is visible; use --set device=cpu")
+        raise ConfigError("device=cuda was requested but no CUDA GPU is visible; use --set device=cpu")
     if device.type == "cuda" and device.index is None and distributed.is_distributed():
         device = torch.device("cuda", torch.cuda.current_device())  # set from LOCAL_RANK at init
     return device
@@ -47,7 +49,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
     """``auto`` -> bf16 on CUDA with bf16 support and on CPUs with AMX/AVX512-BF16, else fp32."""
     if name != "auto":
         if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise RuntimeError("precision=bf16 is not supported by this GPU; use --set precision=fp32")
+            raise ConfigError("precision=bf16 is not supported by this GPU; use --set precision=fp32")
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
@@ -87,10 +89,9 @@ def write_json(path: str | Path, payload: Any, indent: int | None = 2) -> None:
     sees half a file and N ranks never write the same file."""
     if not distributed.is_main_process():
         return
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=indent))
-    os.replace(tmp, path)
+    from simclrv2.checkpoint import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=indent))
 
 
 def seed_everything(seed: int) -> None:
@@ -137,3 +138,168 @@ def eval_mode(module: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         module.train(was_training)
+
+
+# --- interruption, out-of-memory, non-finite state ----------------------------------------------------------
+
+EXIT_INTERRUPTED = 75
+"""Exit code of a run stopped by SIGTERM/SIGINT after writing a checkpoint: "interrupted, resumable"
+(EX_TEMPFAIL from sysexits.h: a temporary failure, try again). Rerun the command with --resume, or the
+pipeline command as it was."""
+
+
+class TrainingInterrupted(Exception):
+    """A run stopped on SIGTERM/SIGINT after finishing its step and writing a checkpoint; resumable.
+
+    Not a KeyboardInterrupt subclass, so that nothing that swallows KeyboardInterrupt can hide it.
+    """
+
+    def __init__(self, stage: str, signal_name: str, step: int, total_steps: int, checkpoint: Path) -> None:
+        self.stage, self.signal_name, self.step, self.checkpoint = stage, signal_name, step, checkpoint
+        super().__init__(
+            f"{stage} stopped by {signal_name} after step {step} of {total_steps}; checkpoint written to "
+            f"{checkpoint}. Resume: run the same command again with --resume (the pipeline: the same "
+            "command as it was)."
+        )
+
+
+class ForcedStop(KeyboardInterrupt):
+    """A second SIGTERM/SIGINT while the first was being honoured: stop at once. The last checkpoint
+    written (atomically) is intact, so the run still resumes from it."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"second {signal.Signals(signum).name}: stopped at once")
+
+
+class GracefulInterrupt:
+    """SIGTERM and SIGINT handlers for a training loop (a context manager, or ``install``/``restore``).
+
+    The first signal only sets :attr:`signal_name`; the loop calls :meth:`stop_if_requested` after every
+    step, which writes a checkpoint and raises :class:`TrainingInterrupted` (exit code
+    :data:`EXIT_INTERRUPTED` at the CLI). A second signal raises :class:`ForcedStop` wherever the main thread
+    is: checkpoint writes are atomic (temp file + rename), so stopping at once never corrupts the last one.
+    Python runs signal handlers between bytecodes, so a long kernel finishes before either takes effect.
+    Outside the main thread (signal handlers cannot be installed there) this is a no-op.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> GracefulInterrupt:
+        self.signal_name = None
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+    def __enter__(self) -> GracefulInterrupt:
+        return self.install()
+
+    def __exit__(self, *exc: object) -> None:
+        self.restore()
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_name is not None
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signal_name is not None:
+            self.restore()  # a third signal gets the default behaviour
+            raise ForcedStop(signum)
+        self.signal_name = signal.Signals(signum).name
+        print(
+            f"simclrv2: {self.signal_name} received: finishing the current step and writing a checkpoint "
+            "(send it again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def stop_if_requested(
+        self,
+        stage: str,
+        step: int,
+        total_steps: int,
+        save: Callable[[int], None],
+        checkpoint: Path,
+        device: torch.device | None = None,
+        sync_now: bool = True,
+    ) -> None:
+        """After a step: if a signal came, checkpoint ``step`` with ``save`` and raise TrainingInterrupted.
+
+        Under torchrun every rank gets the signal (torchrun forwards it), but not necessarily between the
+        same two steps, and a rank that stops alone leaves the others waiting in a collective. So with more
+        than one process the ranks agree first (an all-reduce of the flag on ``device``) and stop at the same
+        step. The caller passes ``sync_now`` to do that only at its logging steps on GPUs (the agreement
+        reads a value on the host, which would stall the asynchronous CUDA stream every step); on CPUs it
+        costs nothing and runs every step.
+        """
+        if distributed.get_world_size() > 1:
+            if not sync_now:
+                return
+            flag = torch.tensor([0.0 if self.signal_name is None else 1.0], device=device)
+            if not bool(distributed.reduce_mean(flag) > 0):
+                return
+            self.signal_name = self.signal_name or "a signal to another rank"
+        elif self.signal_name is None:
+            return
+        save(step)
+        raise TrainingInterrupted(stage, self.signal_name, step, total_steps, checkpoint)
+
+
+class TrainingOutOfMemory(RuntimeError):
+    """The device ran out of memory in a training step; the message gives the batch size and what to try."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's RuntimeError."""
+    oom_type = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    if isinstance(err, oom_type):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text)
+
+
+@contextlib.contextmanager
+def explain_out_of_memory(
+    stage: str, step: int, batch_size: int, device: torch.device, checkpoint: Path
+) -> Iterator[None]:
+    """Turn an out-of-memory error in a training step into :class:`TrainingOutOfMemory` naming the batch size
+    that failed, the device, the last checkpoint and the fixes (other errors pass through unchanged).
+    ``step`` is the 0-based index of the step; messages count steps from 1, as the NaN stop does."""
+    try:
+        yield
+    except RuntimeError as err:
+        if not is_out_of_memory(err):
+            raise
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        per_device = batch_size // max(distributed.get_world_size(), 1)
+        raise TrainingOutOfMemory(
+            f"{stage}: out of memory on {device} at step {step + 1} with batch_size {batch_size} "
+            f"({per_device} per device): {first_line}. Try --set batch_size={max(batch_size // 2, 1)} "
+            "(or more devices), precision=bf16, or a smaller model; last checkpoint: "
+            f"{checkpoint if checkpoint.exists() else 'none'} (resume from it with --resume)."
+        ) from None
+
+
+def nonfinite_parameters(module: torch.nn.Module) -> list[str]:
+    """Names of the parameters and buffers holding NaN or Inf (checked before a checkpoint is written, so
+    that "the last good checkpoint" is good)."""
+    state = module.state_dict()
+    return [name for name, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
+def nonfinite_error(stage: str, what: str, step: int, lr: float, checkpoint: Path) -> FloatingPointError:
+    """The NaN/Inf stop: the step, the LR, the last good checkpoint and what to try."""
+    return FloatingPointError(
+        f"{stage}: {what} at step {step} (lr {lr:.4g}); last good checkpoint: "
+        f"{checkpoint if checkpoint.exists() else 'none'}. Try a lower optim.base_lr or precision=fp32."
+    )
