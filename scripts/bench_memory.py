@@ -1,6 +1,6 @@
 """Step time of pretraining with the MoCo-style memory against without it, measured side by side.
 
-    PYTHONPATH=src python scripts/bench_memory.py [CONFIG] [--steps 30] [--sizes 0 16384 65536]
+    PYTHONPATH=src python scripts/bench_memory.py [CONFIG] [--steps 30] [--sizes 0 16384 65536] [--threads 1]
 
 One process builds one model per memory size (same initial weights, same data and augmentation) and runs
 their training steps interleaved, rotating which runs first, so that load from other jobs on a shared machine
@@ -40,7 +40,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--sizes", type=int, nargs="+", default=[0, 16384, 65536])
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads; 1 on a loaded machine (OpenMP threads waiting for a descheduled sibling make "
+        "step time depend on the number of kernels, not the work); default: torch's",
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     base = load_config(PretrainConfig, args.config, ["run_dir=/tmp/bench_memory"])
     setup = prepare(base)
     device = setup.device

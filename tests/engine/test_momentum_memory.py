@@ -27,17 +27,18 @@ from simclrv2.models import ProjectionHead, SimCLRModel, create_backbone
 
 TINY = [
     "data.name=synthetic",
-    "data.synthetic_size=96",
+    "data.synthetic_size=48",
     "model.backbone=r18_0.25x_sk0",
-    "batch_size=32",
+    "batch_size=16",
     "epochs=2",
     "optim.warmup_epochs=0.5",
     "precision=fp32",
     "log_every_steps=1",
     "eval.batch_size=64",
     "eval.knn_k=20",
-    # 64 keys per step into 96 rows: the second step wraps around mid-batch.
-    "memory.size=96",
+    "eval.knn_every_epochs=0",
+    # 32 keys per step into 80 rows: the third step wraps around mid-batch.
+    "memory.size=80",
     "memory.ema_decay=0.9",
 ]
 
@@ -196,8 +197,8 @@ def test_resume_with_memory_reproduces_an_uninterrupted_run_exactly(tmp_path: Pa
             assert torch.equal(value, b["memory"][key]), key
         else:
             assert value == b["memory"][key], key
-    assert a["memory"]["queue._extra_state"] == {"ptr": 0, "filled": 96, "size": 96}  # 6 x 64 keys
-    assert at_step_2["memory"]["queue._extra_state"]["ptr"] == 32
+    assert a["memory"]["queue._extra_state"] == {"ptr": 32, "filled": 80, "size": 80}  # 6 x 32 keys
+    assert at_step_2["memory"]["queue._extra_state"] == {"ptr": 64, "filled": 64, "size": 80}
     # The resumed steps moved the EMA and the queue, and the EMA is not the online network.
     key = "encoder.head.layers.0.linear.weight"
     assert not torch.equal(at_step_2["memory"][key], b["memory"][key])
