@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels", metavar="SPEC", help="1%%, 10%%, 100%%, N/class or a subset file (default 10%%)"
     )
     p.add_argument("--from-layer", type=int, metavar="K", help="head layer to fine-tune from (0=h, 1, -1=z)")
+    _add_use_ema_arg(p)
     p.add_argument("--resume", action="store_true", help="continue from run_dir/last.pt")
 
     for name, what in (("linear-eval", "linear evaluation"), ("knn", "weighted kNN evaluation")):
@@ -93,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--pretrained", metavar="CKPT", help="pretraining checkpoint (a pretrain run's last.pt)"
         )
         p.add_argument("--labels", metavar="SPEC", help="labeled training subset (default 100%%)")
+        _add_use_ema_arg(p)
         if name == "linear-eval":
             p.add_argument(
                 "--augmented",
@@ -155,6 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     _add_use_commands(sub)
     return parser
+
+
+def _add_use_ema_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--use-ema",
+        action="store_true",
+        default=None,
+        help="use the EMA encoder of a run pretrained with memory.size > 0 instead of the online network",
+    )
 
 
 def _add_use_commands(sub: argparse._SubParsersAction) -> None:
@@ -232,7 +243,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
     from simclrv2.engine.finetune import finetune
 
     overrides = _flag_overrides(
-        args, {"pretrained": "pretrained", "labels": "labels", "from_layer": "from_layer"}
+        args,
+        {"pretrained": "pretrained", "labels": "labels", "from_layer": "from_layer", "use_ema": "use_ema"},
     )
     config = load_config(FinetuneConfig, args.config, overrides)
     _print(json.dumps(finetune(config, resume=args.resume), indent=2))
@@ -246,7 +258,10 @@ def _run_linear_eval(args: argparse.Namespace) -> int:
     config = load_config(
         LinearEvalConfig,
         args.config,
-        _flag_overrides(args, {"pretrained": "pretrained", "labels": "labels", "augmented": "augmented"}),
+        _flag_overrides(
+            args,
+            {"pretrained": "pretrained", "labels": "labels", "augmented": "augmented", "use_ema": "use_ema"},
+        ),
     )
     run = linear_eval if args.command == "linear-eval" else knn_eval
     _print(json.dumps(run(config), indent=2))

@@ -98,6 +98,17 @@ class EvalConfig:
 
 
 @dataclass
+class MemoryConfig:
+    """The paper's optional MoCo-style memory (SPEC 3): extra negatives from an EMA encoder's queue."""
+
+    size: int = 0
+    """Queue length in keys (0 = off; the paper: 65536). Each step enqueues 2 x batch_size keys (both views);
+    any size works (the ring buffer wraps mid-batch; a size below 2 x batch_size keeps the newest keys)."""
+    ema_decay: float = 0.999
+    """d in ema = d * ema + (1 - d) * online, applied after every optimiser step (the paper: 0.999)."""
+
+
+@dataclass
 class PretrainConfig:
     """Stage 1: contrastive pretraining (SPEC sections 1-5)."""
 
@@ -124,11 +135,14 @@ class PretrainConfig:
     augment: AugmentSettings = field(default_factory=AugmentSettings)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
 
     def validate(self) -> None:
         _check_choice("data.name", self.data.name, DATASET_NAMES)
         _check_choice("device", self.device.split(":")[0], ("auto", "cpu", "cuda"))
         _check_choice("precision", self.precision, ("auto", "bf16", "fp32"))
+        _check_nonnegative("memory.size", self.memory.size)
+        _check_range("memory.ema_decay", self.memory.ema_decay, 0.0, 1.0, hi_open=True)
         _check_choice("optim.optimizer", self.optim.optimizer, ("lars", "sgd"))
         _check_choice("optim.lr_scaling", self.optim.lr_scaling, ("sqrt", "linear", "none"))
         _check_choice("augment.brightness_mode", self.augment.brightness_mode, ("v1", "v2"))
@@ -194,6 +208,8 @@ class FinetuneConfig:
     stages can share one subset."""
     from_layer: int = 1
     """Fine-tune from head layer k: 0 = h (drop the head), 1 = SimCLRv2 default, -1 = z (SPEC 2)."""
+    use_ema: bool = False
+    """Start from the EMA encoder of a run pretrained with ``memory.size > 0`` instead of the online one."""
     epochs: int | None = None
     """None = the paper's rule: 60 epochs below 10% labels, 30 from 10% up (SPEC 4)."""
     batch_size: int = 256
@@ -272,6 +288,8 @@ class LinearEvalConfig:
     run_dir: str = "runs/linear_eval"
     seed: int = 0
     pretrained: str = ""
+    use_ema: bool = False
+    """Evaluate the EMA encoder of a run pretrained with ``memory.size > 0`` instead of the online one."""
     labels: str = "100%"
     """Train the linear classifier on this labeled subset of the training split."""
     label_index_file: str | None = None

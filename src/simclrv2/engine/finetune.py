@@ -19,6 +19,7 @@ from simclrv2.config import FinetuneConfig
 from simclrv2.data import ImageData, load_dataset
 from simclrv2.data.subsets import default_epochs, labeled_subset
 from simclrv2.engine.classify import ClassifierTrainer, TrainSettings, check_run_dir, fit_batch_size
+from simclrv2.engine.memory import pretrained_state
 from simclrv2.engine.runtime import device_type, echo, resolve_device, resolve_precision, seed_everything
 from simclrv2.models import FineTuneModel, ProjectionHead, create_backbone, load_pretrained_into
 from simclrv2.optim import scale_learning_rate
@@ -116,8 +117,9 @@ def finetune(config: FinetuneConfig, resume: bool = False, show_progress: bool =
         pconf["backbone"], small, pconf["head_layers"], pconf["head_dim"], config.from_layer, num_classes
     )
     model = build_model(arch)
-    dropped = load_pretrained_into(model, pre["model"])
-    say(f"finetune: from head layer {config.from_layer}; pretrained keys not used: {len(dropped)}")
+    dropped = load_pretrained_into(model, pretrained_state(pre, config.use_ema, config.pretrained))
+    which = "the EMA encoder" if config.use_ema else "the online network"
+    say(f"finetune: {which}, from head layer {config.from_layer}; pretrained keys not used: {len(dropped)}")
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -141,6 +143,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, show_progress: bool =
         extra_results={
             "pretrained": str(config.pretrained),
             "from_layer": config.from_layer,
+            "use_ema": config.use_ema,
             "labels": config.labels,
             "num_labeled": len(train),
             "label_fraction": fraction,

@@ -34,6 +34,7 @@ from simclrv2.engine.classify import (
 )
 from simclrv2.engine.evaluate import extract_features, knn_classify, topk_accuracy
 from simclrv2.engine.finetune import load_split_pair
+from simclrv2.engine.memory import pretrained_state
 from simclrv2.engine.runtime import (
     device_type,
     echo,
@@ -54,12 +55,14 @@ __all__ = [
 ]
 
 
-def load_pretrained_backbone(path: str | Path) -> tuple[ResNet, dict[str, Any]]:
-    """The backbone of a pretraining checkpoint (strict: every backbone key present, shapes equal)."""
+def load_pretrained_backbone(path: str | Path, use_ema: bool = False) -> tuple[ResNet, dict[str, Any]]:
+    """The backbone of a pretraining checkpoint (strict: every backbone key present, shapes equal);
+    ``use_ema``: the EMA encoder's (runs pretrained with ``memory.size > 0``) instead of the online one."""
     ckpt = load_checkpoint(path, stage="pretrain")
     backbone = create_backbone(ckpt["config"]["model"]["backbone"], small_images=bool(ckpt["small_images"]))
     prefix = "model.backbone."
-    state = {k[len(prefix) :]: v for k, v in ckpt["model"].items() if k.startswith(prefix)}
+    weights = pretrained_state(ckpt, use_ema, path)
+    state = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}
     try:
         backbone.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -104,7 +107,7 @@ def _features(config: LinearEvalConfig) -> dict[str, Any]:
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     seed_everything(config.seed)
-    backbone, _ckpt = load_pretrained_backbone(config.pretrained)
+    backbone, _ckpt = load_pretrained_backbone(config.pretrained, config.use_ema)
     backbone = backbone.to(device)
     if config.channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
@@ -166,7 +169,7 @@ def linear_eval_augmented(config: LinearEvalConfig, show_progress: bool = True) 
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     seed_everything(config.seed)
-    backbone, _ckpt = load_pretrained_backbone(config.pretrained)
+    backbone, _ckpt = load_pretrained_backbone(config.pretrained, config.use_ema)
     train_full, test = load_split_pair(config.data, config.seed)
     run_dir = Path(config.run_dir)
     index_file = config.label_index_file or run_dir / "label_indices.txt"
@@ -186,6 +189,7 @@ def linear_eval_augmented(config: LinearEvalConfig, show_progress: bool = True) 
     results = ClassifierTrainer(settings, model, train, test).run(
         extra_results={
             "pretrained": config.pretrained,
+            "use_ema": config.use_ema,
             "method": "linear classifier through the frozen backbone on crop + flip views, momentum SGD",
             "labels": config.labels,
             "num_labeled": len(train),
@@ -219,6 +223,7 @@ def linear_eval(config: LinearEvalConfig, show_progress: bool = True) -> dict[st
     results = {
         "stage": "linear_eval",
         "pretrained": config.pretrained,
+        "use_ema": config.use_ema,
         "method": "multinomial logistic regression, L-BFGS on frozen centre-crop features h",
         "labels": config.labels,
         "num_labeled": f["num_labeled"],
@@ -249,6 +254,7 @@ def knn_eval(config: LinearEvalConfig) -> dict[str, Any]:
     results = {
         "stage": "knn",
         "pretrained": config.pretrained,
+        "use_ema": config.use_ema,
         "labels": config.labels,
         "num_labeled": f["num_labeled"],
         "k": config.knn_k,

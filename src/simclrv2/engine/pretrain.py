@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from simclrv2 import distributed
 from simclrv2.checkpoint import (
     CHECKPOINT_FORMAT,
+    CheckpointError,
     atomic_save,
     load_checkpoint,
     load_state_checked,
@@ -31,6 +32,7 @@ from simclrv2.checkpoint import (
 from simclrv2.config import ConfigError, PretrainConfig, save_config, to_dict
 from simclrv2.data import AugmentConfig, BatchLoader, ImageData, load_dataset, two_view_batch
 from simclrv2.engine.evaluate import extract_features, knn_classify, topk_accuracy
+from simclrv2.engine.memory import MEMORY_KEY, MomentumMemory
 from simclrv2.engine.runtime import (
     GracefulInterrupt,
     MetricsLogger,
@@ -47,7 +49,7 @@ from simclrv2.engine.runtime import (
     step_generator,
     write_json,
 )
-from simclrv2.losses import nt_xent
+from simclrv2.losses import nt_xent, nt_xent_with_memory
 from simclrv2.models import Classifier, ProjectionHead, SimCLRModel, create_backbone
 from simclrv2.optim import LARS, param_groups, scale_learning_rate, set_learning_rate, warmup_cosine
 
@@ -194,11 +196,13 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
         module = module.to(memory_format=torch.channels_last)
     module.model = distributed.convert_sync_batchnorm(module.model, device.type)  # type: ignore[assignment]
     optimizer = build_optimizer(module, config, setup.peak_lr)
+    memory = build_memory(module.model, config)
 
     step = 0
     if resume:
         ckpt = load_checkpoint(ckpt_path, stage=STAGE)
         load_state_checked(module, ckpt["model"], ckpt_path)
+        load_memory_state(memory, ckpt, ckpt_path)
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
         step = int(ckpt["step"])
@@ -208,7 +212,7 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
         ids = [device.index] if device.type == "cuda" else None
         train_module = nn.parallel.DistributedDataParallel(module, device_ids=ids)
     logger = MetricsLogger(run_dir)
-    trainer = _Trainer(setup, train_module, optimizer, logger)
+    trainer = _Trainer(setup, train_module, optimizer, logger, memory)
     try:
         with trainer.interrupt:  # SIGTERM/SIGINT: finish the step, checkpoint, exit "resumable"
             results = trainer.run(start_step=step)
@@ -217,6 +221,33 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     write_json(run_dir / "results.json", results)
     distributed.barrier()  # last.pt and results.json exist for every rank's next stage
     return results
+
+
+def build_memory(model: SimCLRModel, config: PretrainConfig) -> MomentumMemory | None:
+    """The MoCo-style memory (``memory.size > 0``; see :mod:`simclrv2.engine.memory`), or None.
+
+    Built from the model after its BatchNorms were converted (global BN under DDP) and before any resume, so
+    the EMA encoder starts as a copy of the freshly initialised online network.
+    """
+    if config.memory.size == 0:
+        return None
+    return MomentumMemory(model, config.memory.size, model.head.out_dims[-1], config.memory.ema_decay)
+
+
+def load_memory_state(memory: MomentumMemory | None, ckpt: dict[str, Any], path: Path) -> None:
+    """Restore the EMA encoder and queue on resume; refuse a run whose memory setting changed."""
+    saved = ckpt.get(MEMORY_KEY)
+    if memory is None and saved:
+        raise CheckpointError(
+            f"{path} was pretrained with the memory (memory.size="
+            f"{ckpt['config']['memory']['size']}): resume with the same --set memory.size"
+        )
+    if memory is not None:
+        if not saved:
+            raise CheckpointError(
+                f"{path} was pretrained without the memory: resume with memory.size=0, or start a new run"
+            )
+        memory.load_state_dict(saved)
 
 
 def contrastive_step(
@@ -228,20 +259,25 @@ def contrastive_step(
     device: torch.device,
     precision: str,
     channels_last: bool = True,
+    memory: MomentumMemory | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """One pretraining step on this rank's views (``views``: view a of its N images, then view b): both views
     in one forward pass (BN statistics over both, as in the official code), NT-Xent with negatives from all
     ranks, the probe loss, backward, step.
 
-    ``module`` is a :class:`PretrainModule`, DDP-wrapped under torchrun. Returns the detached NT-Xent and
-    probe losses (no host sync).
+    ``module`` is a :class:`PretrainModule`, DDP-wrapped under torchrun. With a ``memory`` the queue's keys
+    are extra negatives, and after the step the EMA encoder is updated and enqueues this batch's keys.
+    Returns the detached NT-Xent and probe losses (no host sync).
     """
     x = views.contiguous(memory_format=torch.channels_last) if channels_last else views
     with autocast(device, precision):
         outputs, logits = module(x)
     z = outputs[-1]
     n = views.shape[0] // 2
-    loss = nt_xent(z[:n], z[n:], temperature)  # similarity/softmax in fp32 inside
+    if memory is None:
+        loss = nt_xent(z[:n], z[n:], temperature)  # similarity/softmax in fp32 inside
+    else:
+        loss = nt_xent_with_memory(z[:n], z[n:], memory.negatives(), temperature)
     # nt_xent is the mean over the 2N anchors (the paper's Algorithm 1, the value we log). The official
     # code optimises the *sum* of the two directions (2x that); with LARS the loss scale is not absorbed
     # by the learning rate (it shifts the balance against weight decay), so we optimise the TF-scaled
@@ -254,6 +290,8 @@ def contrastive_step(
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     optimizer.step()
+    if memory is not None:
+        memory.update(cast(PretrainModule, unwrap(module)).model, x, device, precision)
     return loss.detach(), None if probe_loss is None else probe_loss.detach()
 
 
@@ -264,8 +302,10 @@ class _Trainer:
         module: nn.Module,
         optimizer: torch.optim.Optimizer,
         logger: MetricsLogger,
+        memory: MomentumMemory | None = None,
     ) -> None:
         self.s = setup
+        self.memory = memory
         self.c = setup.config
         self.module = module
         self.optimizer = optimizer
@@ -294,6 +334,8 @@ class _Trainer:
             "rng": rng_state(),
             "knn": self.last_knn,
         }
+        if self.memory is not None:
+            state[MEMORY_KEY] = self.memory.state_dict()
         atomic_save(state, self.run_dir / CHECKPOINT_NAME)
 
     def _check_finite(self, step: int) -> None:
@@ -319,7 +361,7 @@ class _Trainer:
         with explain_out_of_memory(STAGE, step, c.batch_size, s.device, self.run_dir / CHECKPOINT_NAME):
             return contrastive_step(
                 self.module, self.optimizer, views, labels, c.temperature, s.device, s.precision,
-                c.channels_last,
+                c.channels_last, self.memory,
             )  # fmt: skip
 
     def evaluate(self, step: int) -> None:

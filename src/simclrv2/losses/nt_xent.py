@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from simclrv2.distributed import gather_with_grad, get_rank
 
-__all__ = ["NTXentLoss", "nt_xent"]
+__all__ = ["NTXentLoss", "nt_xent", "nt_xent_with_memory"]
 
 # Added to the self-similarity logits instead of -inf: exp() of it is exactly 0 in fp32, and a
 # finite value keeps log-softmax NaN-free (the official TF code uses LARGE_NUM = 1e9 the same way).
@@ -43,6 +43,30 @@ def nt_xent(z_a: Tensor, z_b: Tensor, temperature: float) -> Tensor:
     Under DDP, each rank's loss is the mean over its own anchors; DDP's gradient averaging then
     gives the gradient of the global-batch loss (see ``gather_with_grad``).
     """
+    return _nt_xent(z_a, z_b, temperature, None)
+
+
+def nt_xent_with_memory(z_a: Tensor, z_b: Tensor, memory: Tensor | None, temperature: float) -> Tensor:
+    """NT-Xent whose negatives also include a memory of keys (the paper's MoCo-style queue, SPEC 3).
+
+    Args:
+        z_a, z_b: as in :func:`nt_xent` (this rank's two views; the positives come from them).
+        memory: (Q, D) keys used as extra negatives for every anchor, e.g. the valid rows of
+            :class:`~simclrv2.engine.memory.MomentumMemory`'s queue (the EMA encoder's projections of
+            past batches). Detached and L2-normalised here; identical on every rank, so it is not
+            gathered. ``None`` or zero rows: exactly :func:`nt_xent` (the same logits and the same value).
+
+    Returns:
+        A float32 scalar: the mean over the 2·B_local local anchors of the cross-entropy of the positive
+        against 1 positive + 2·(B_global − 1) in-batch negatives + Q memory negatives. For anchor a_i the
+        logits are ``[a_i·b_allᵀ | a_i·a_allᵀ (self masked) | a_i·memoryᵀ] / τ``; view b is symmetric.
+        Same normalisation, precision (fp32, autocast off) and cross-rank gradient as :func:`nt_xent`;
+        no gradient reaches the memory.
+    """
+    return _nt_xent(z_a, z_b, temperature, memory)
+
+
+def _nt_xent(z_a: Tensor, z_b: Tensor, temperature: float, memory: Tensor | None) -> Tensor:
     if z_a.ndim != 2 or z_a.shape != z_b.shape:
         raise ValueError(
             f"nt_xent expects two (B, D) tensors of the same shape, got {tuple(z_a.shape)} and "
@@ -50,6 +74,11 @@ def nt_xent(z_a: Tensor, z_b: Tensor, temperature: float) -> Tensor:
         )
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}.")
+    if memory is not None and (memory.ndim != 2 or memory.shape[1] != z_a.shape[1]):
+        raise ValueError(
+            f"the memory must be a (Q, D) tensor with D = {z_a.shape[1]} (the projection size), got "
+            f"{tuple(memory.shape)}; pass the queue's valid rows, or None for no memory."
+        )
 
     # fp32 with autocast off: under bf16 the logits (up to 1/τ = 10) and the log-sum-exp over
     # thousands of negatives lose digits that matter for the loss and its gradient.
@@ -71,8 +100,14 @@ def nt_xent(z_a: Tensor, z_b: Tensor, temperature: float) -> Tensor:
         logits_ba = (b @ a_all.T) * inv_t
         logits_bb = ((b @ b_all.T) * inv_t).masked_fill(self_mask, _MASK_VALUE)
 
-        loss_a = F.cross_entropy(torch.cat([logits_ab, logits_aa], dim=1), index)
-        loss_b = F.cross_entropy(torch.cat([logits_ba, logits_bb], dim=1), index)
+        parts_a, parts_b = [logits_ab, logits_aa], [logits_ba, logits_bb]
+        if memory is not None and memory.shape[0] > 0:
+            keys = F.normalize(memory.detach().float(), dim=1)
+            parts_a.append((a @ keys.T) * inv_t)
+            parts_b.append((b @ keys.T) * inv_t)
+
+        loss_a = F.cross_entropy(torch.cat(parts_a, dim=1), index)
+        loss_b = F.cross_entropy(torch.cat(parts_b, dim=1), index)
         return 0.5 * (loss_a + loss_b)
 
 
