@@ -231,9 +231,8 @@ def image_root(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.filterwarnings(
-    "ignore::simclrv2.data.datasets.BadImagesWarning"
-)  # notes.txt, a small image: on purpose
+# the fixture's notes.txt and small image are there on purpose (the warnings are tested elsewhere)
+@pytest.mark.filterwarnings("ignore::simclrv2.data.datasets.BadImagesWarning")
 def test_imagefolder_decodes_to_fixed_rgb(image_root: Path) -> None:
     train = load_dataset("imagefolder", "train", root=image_root, image_size=16)
     assert not train.in_memory and train.images is None and train.dataset is not None
