@@ -211,7 +211,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     finetune(_finetune_cfg(root / "ref_ft", root / "ref_pre1" / "last.pt"), show_progress=False)
     distill(_distill_cfg(root / "ref_distill", root / "ref_ft" / "last.pt"), show_progress=False)
     shutil.copytree(root / "ref_pre1", root / "resume_1to2")
-    mp.spawn(_worker, args=(2, _free_port(), str(root)), nprocs=2, join=True)
+    for attempt in range(3):  # the free port can be taken by another process before the ranks bind it
+        try:
+            mp.spawn(_worker, args=(2, _free_port(), str(root)), nprocs=2, join=True)
+            break
+        except mp.ProcessRaisedException as err:
+            if "address already in use" not in str(err).lower() or attempt == 2:
+                raise
     # The 2-rank checkpoint after step 1, finished by one process.
     shutil.copytree(root / "ddp_pre", root / "resume_2to1")
     pretrain(_pretrain_cfg(root / "resume_2to1"), resume=True)
