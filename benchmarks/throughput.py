@@ -174,6 +174,24 @@ def _child_pids() -> list[int]:
     return pids
 
 
+def _children_cpu_seconds() -> float:
+    """CPU time (user + system) of the live child processes (the DataLoader workers)."""
+    total = 0.0
+    for pid in _child_pids():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _minor_faults() -> int:
+    """Minor page faults of this process so far (pages the kernel had to map, and zero, on first touch)."""
+    try:
+        return int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[7])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def rss_mb() -> float | None:
     kb = _status_kb("self", "VmRSS")
     return None if kb is None else kb / 1024
@@ -200,26 +218,24 @@ def memory_stats(device: torch.device) -> dict[str, Any]:
 # --- FLOPs and the machine's peak -----------------------------------------------------------------------
 
 
-def step_flops(model: nn.Module, spec: PathSpec, crop: int, device: torch.device) -> int:
+def step_flops(
+    config: PretrainConfig, small_images: bool, spec: PathSpec, crop: int, device: torch.device
+) -> int:
     """Matmul/conv FLOPs of one training step (forward + backward of both views, and the loss), as
     ``FlopCounterMode`` counts them (BatchNorm, activations and the optimiser are not counted).
 
-    The model is counted on a copy at 16 views and scaled to 2B (conv and linear FLOPs are linear in the
-    batch); activation checkpointing's recomputation is not counted (useful FLOPs, as in "MFU").
+    The model is counted on the ``meta`` device (shapes only: no memory, no time); activation
+    checkpointing's recomputation is not counted (useful FLOPs, as in "MFU").
     """
-    probe = 8
-    m = copy.deepcopy(model).float()
-    backbone = getattr(m, "backbone", None)
-    if backbone is not None:
-        backbone.grad_checkpoint = False
-    x = torch.rand(2 * probe, 3, crop, crop, device=device)
+    with torch.device("meta"):
+        m = build_simclr_model(config, small_images)
+    m.backbone.grad_checkpoint = False
+    x = torch.empty(2 * spec.batch, 3, crop, crop, device="meta")
     with FlopCounterMode(display=False) as counter:
-        out = m(x)
-        z = out[-1] if isinstance(out, list) else out
-        z.float().sum().backward()
-    model_flops = counter.get_total_flops() * spec.batch // probe
-    dim = z.shape[1]
-    z_full = torch.randn(2 * spec.batch, dim, device=device, requires_grad=True)
+        z = m(x)[-1]
+        z.sum().backward()
+    model_flops = counter.get_total_flops()
+    z_full = torch.randn(2 * spec.batch, z.shape[1], device=device, requires_grad=True)
     with FlopCounterMode(display=False) as counter:
         nt_xent(z_full[: spec.batch], z_full[spec.batch :], spec.temperature).backward()
     return int(model_flops + counter.get_total_flops())
@@ -327,13 +343,23 @@ class _UInt8Dataset(torch.utils.data.Dataset):
 
 
 class Runner:
-    """A path, set up and warmed up; ``run(k)`` takes k timed steps."""
+    """A path, set up and warmed up; ``run(k)`` takes k timed steps and says how long they took and how much
+    CPU time this process and its DataLoader workers used meanwhile (on a shared machine, CPU time / wall
+    time shows how much of the machine the path actually got)."""
 
     spec: PathSpec
     device: torch.device
     info: dict[str, Any]
 
     def run(self, steps: int) -> dict[str, Any]:
+        cpu, workers, faults = time.process_time(), _children_cpu_seconds(), _minor_faults()
+        reply = self._steps(steps)
+        reply["cpu_seconds"] = time.process_time() - cpu
+        reply["workers_cpu_seconds"] = _children_cpu_seconds() - workers
+        reply["minor_faults"] = _minor_faults() - faults
+        return reply
+
+    def _steps(self, steps: int) -> dict[str, Any]:
         raise NotImplementedError
 
     def stats(self) -> dict[str, Any]:
@@ -385,7 +411,7 @@ class OursRunner(Runner):
         train_module: nn.Module = torch.compile(module) if config.compile else module  # type: ignore[assignment]
         self.trainer = _Trainer(setup, train_module, optimizer, logger=None)  # type: ignore[arg-type]
         self.crop = setup.augment.crop_size
-        self.flops = step_flops(module.model, spec, self.crop, self.device)
+        self.flops = step_flops(config, setup.small_images, spec, self.crop, self.device)
         self.views: Iterator[tuple[Tensor, Tensor]] | None = None
         self.ref_loader = None
         if spec.augment == "workers":  # the batched-augmentation lever: PIL per image in workers instead
@@ -416,7 +442,7 @@ class OursRunner(Runner):
             yield from self.setup.loader.epoch(epoch)
             epoch += 1
 
-    def run(self, steps: int) -> dict[str, Any]:
+    def _steps(self, steps: int) -> dict[str, Any]:
         if steps <= 0:
             return {"seconds": 0.0, "loss": math.nan}
         s, c = self.setup, self.config
@@ -483,7 +509,7 @@ class ReferenceRunner(Runner):
                 weight_decay=config.optim.weight_decay,
             )
         self.crop = setup.augment.crop_size
-        self.flops = step_flops(self.model, spec, self.crop, self.device)
+        self.flops = step_flops(config, setup.small_images, spec, self.crop, self.device)
         assert setup.train.images is not None
         self.loader, self.sampler = make_reference_loader(
             setup.train.images, setup.train.labels, spec.batch, self.crop, spec.color_strength,
@@ -505,7 +531,7 @@ class ReferenceRunner(Runner):
             "backbone_params": sum(p.numel() for p in self.model.backbone.parameters()),
         }
 
-    def run(self, steps: int) -> dict[str, Any]:
+    def _steps(self, steps: int) -> dict[str, Any]:
         if steps <= 0:
             return {"seconds": 0.0, "loss": math.nan}
         s = self.setup
@@ -541,6 +567,11 @@ def worker_main(spec_json: str) -> int:
     "quit"; replies are JSON lines on stdout."""
     out = os.fdopen(os.dup(1), "w", buffering=1)
     sys.stdout = sys.stderr  # the protocol owns the real stdout; stray prints go to stderr
+    with contextlib.suppress(Exception):  # Linux: end with the orchestrator, even mid-step (PR_SET_PDEATHSIG)
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)
 
     def send(obj: dict[str, Any]) -> None:
         out.write(json.dumps(obj) + "\n")
@@ -625,6 +656,8 @@ def compare(specs: Sequence[PathSpec], steps: int, reps: int, inprocess: bool = 
             handles.append(make_runner(spec) if inprocess else Worker(spec))
         seconds: list[list[float]] = [[] for _ in specs]
         losses: list[list[float]] = [[] for _ in specs]
+        busy: list[list[float]] = [[] for _ in specs]  # cores' worth of CPU the path got, per repetition
+        faults: list[list[float]] = [[] for _ in specs]  # minor page faults per step
         loads = []
         for r in range(reps):
             loads.append(_load())
@@ -632,13 +665,22 @@ def compare(specs: Sequence[PathSpec], steps: int, reps: int, inprocess: bool = 
                 reply = handles[i].run(steps)
                 seconds[i].append(reply["seconds"])
                 losses[i].append(reply["loss"])
+                busy[i].append((reply["cpu_seconds"] + reply["workers_cpu_seconds"]) / reply["seconds"])
+                faults[i].append(reply["minor_faults"] / steps)
+                print(
+                    f"rep {r + 1}/{reps} {specs[i].label}: {steps * specs[i].batch / reply['seconds']:.1f} "
+                    f"images/s, {busy[i][-1]:.2f} cores busy (load {loads[-1]})",
+                    file=sys.stderr,
+                    flush=True,
+                )
         memory = [h.stats() for h in handles]
         infos = [h.info for h in handles]
     finally:
         for h in handles:
             h.close()
     paths = []
-    for spec, secs, loss, info, mem in zip(specs, seconds, losses, infos, memory, strict=True):
+    rows = zip(specs, seconds, losses, busy, faults, infos, memory, strict=True)
+    for spec, secs, loss, cores, fault, info, mem in rows:
         ips = [steps * spec.batch / s for s in secs]
         median = statistics.median(ips)
         paths.append(
@@ -649,6 +691,8 @@ def compare(specs: Sequence[PathSpec], steps: int, reps: int, inprocess: bool = 
                 "median_images_per_sec": median,
                 "median_step_seconds": spec.batch / median,
                 "loss": loss,
+                "cores_busy": cores,
+                "page_faults_per_step": fault,
                 **info,
                 "memory": mem,
             }
@@ -750,7 +794,10 @@ def loss_cost(spec: PathSpec, step_seconds: float, smoke: bool) -> dict[str, Any
     """What the fp32 softmax of NT-Xent costs: the loss's forward + backward on (2B, 128) projections in
     fp32 (ours) and in bf16 (the same math without the up-cast), against a whole step."""
     n = spec.batch
-    z = torch.randn(2 * n, 128, requires_grad=True)
+    device = torch.device(spec.device)
+    z = torch.randn(2 * n, 128, device=device, requires_grad=True)
+    eye = torch.eye(2 * n, dtype=torch.bool, device=device)
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(device)
 
     def fp32() -> None:
         nt_xent(z[:n], z[n:], spec.temperature).backward()
@@ -758,13 +805,11 @@ def loss_cost(spec: PathSpec, step_seconds: float, smoke: bool) -> dict[str, Any
     def bf16() -> None:
         zb = F.normalize(z.bfloat16(), dim=1)
         sim = (zb @ zb.T) / spec.temperature
-        sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool), -1e4)
-        target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
-        F.cross_entropy(sim, target).backward()
+        F.cross_entropy(sim.masked_fill(eye, -1e4), target).backward()
 
     reps = 1 if smoke else 10
-    t32 = _best_seconds(fp32, reps, torch.device("cpu"))
-    t16 = _best_seconds(bf16, reps, torch.device("cpu"))
+    t32 = _best_seconds(fp32, reps, device)
+    t16 = _best_seconds(bf16, reps, device)
     return {
         "fp32_loss_ms": 1e3 * t32,
         "bf16_loss_ms": 1e3 * t16,
@@ -959,6 +1004,92 @@ def mode_knn(args: argparse.Namespace, ours: PathSpec) -> dict[str, Any]:
     return {"runs": runs, "summary": summary}
 
 
+# Self CPU time of the profiled step's ops, by what they are (first match wins).
+PROFILE_CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
+    ("convolution forward", ("aten::mkldnn_convolution", "aten::_convolution", "aten::thnn_conv")),
+    ("convolution backward", ("aten::convolution_backward", "aten::mkldnn_convolution_backward")),
+    ("batch norm", ("batch_norm",)),
+    ("ReLU (forward and backward)", ("relu", "threshold_backward", "clamp_min")),
+    (
+        "residual adds, casts, copies",
+        ("aten::add_", "aten::add", "aten::copy_", "aten::_to_copy", "aten::to"),
+    ),
+    ("matmuls (head, loss)", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul")),
+    (
+        "optimiser",
+        ("_foreach", "aten::norm", "linalg_vector_norm", "aten::mul_", "aten::sub_", "aten::where"),
+    ),
+]
+
+
+def _categorise(events: Any) -> dict[str, float]:
+    out: dict[str, float] = {name: 0.0 for name, _ in PROFILE_CATEGORIES}
+    out["other"] = 0.0
+    for e in events:
+        seconds = e.self_cpu_time_total / 1e6
+        for name, keys in PROFILE_CATEGORIES:
+            if any(k in e.key for k in keys):
+                out[name] += seconds
+                break
+        else:
+            out["other"] += seconds
+    return out
+
+
+def mode_profile(args: argparse.Namespace, ours: PathSpec) -> dict[str, Any]:
+    """Where a step's time goes, for both paths (in this process): the wall time of getting the two views
+    (ours: the batched augmentation; the reference: waiting for the DataLoader workers), then the training
+    step under ``torch.profiler``, its ops' self CPU time grouped by kind. One warm-up step first; the
+    median of ``--reps`` profiled steps per path."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from simclrv2.data import two_view_batch
+    from simclrv2.engine.runtime import step_generator
+
+    out: dict[str, Any] = {"paths": []}
+    for spec in (reference_spec(ours), ours):
+        runner = make_runner(spec.replace(warmup_steps=1))
+        views_s, step_s, cats = [], [], []
+        for rep in range(args.reps):
+            if isinstance(runner, ReferenceRunner):
+                runner.sampler.batches_per_iter = 1
+                t = time.perf_counter()
+                x1, x2, _ = next(iter(runner.loader))
+                views_s.append(time.perf_counter() - t)
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    t = time.perf_counter()
+                    reference_step(runner.model, runner.optimizer, x1, x2, spec.temperature)
+                    step_s.append(time.perf_counter() - t)
+            else:
+                assert isinstance(runner, OursRunner)
+                images, labels = next(runner.batches)
+                s = runner.setup
+                t = time.perf_counter()
+                views = two_view_batch(images, s.augment, step_generator(s.device, spec.seed, 10_000 + rep))
+                views_s.append(time.perf_counter() - t)
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    t = time.perf_counter()
+                    contrastive_step(
+                        runner.trainer.module, runner.optimizer, views, labels, spec.temperature,
+                        runner.device, s.precision, runner.config.channels_last,
+                    )  # fmt: skip
+                    step_s.append(time.perf_counter() - t)
+            cats.append(_categorise(prof.key_averages()))
+        median = sorted(range(len(step_s)), key=lambda i: step_s[i])[len(step_s) // 2]  # the median step
+        out["paths"].append(
+            {
+                "label": spec.label,
+                "precision": runner.info["precision"],
+                "flops_per_step": runner.flops,
+                "views_seconds": statistics.median(views_s),
+                "step_seconds": step_s[median],
+                "categories": cats[median],
+            }
+        )
+        runner.close()
+    return out
+
+
 # --- tables ------------------------------------------------------------------------------------------------
 
 
@@ -978,6 +1109,10 @@ def _mem(p: dict[str, Any], inprocess: bool) -> str:
     return text
 
 
+def _cores(p: dict[str, Any]) -> str:
+    return f"{statistics.median(p['cores_busy']):.2f}" if p.get("cores_busy") else "-"
+
+
 def _gflop(flops: float) -> str:
     g = flops / 1e9
     return f"{g:,.0f}" if g >= 100 else f"{g:.3g}"
@@ -993,9 +1128,11 @@ def _header(result: dict[str, Any]) -> str:
     loads = [x for x in result.get("load_avg_1min_per_rep", []) if x is not None]
     load = f", 1-min load {min(loads):.1f}-{max(loads):.1f} during the run" if loads else ""
     gpu = f", {m['gpu']}" if m.get("gpu") else ""
+    threads = result.get("threads_per_path")
+    threads_text = f", {threads} torch thread{'s' if threads != 1 else ''} per path" if threads else ""
     return (
         f"_{result['name']}: {m.get('cpu_model')} ({m.get('cpus_usable', m.get('cpu_count'))} cores, "
-        f"{' '.join(m.get('cpu_flags', []))}){gpu}, torch {m['torch']}{load}; "
+        f"{' '.join(m.get('cpu_flags', []))}){gpu}, torch {m['torch']}{threads_text}{load}; "
         f"`{result['command']}`_\n\n"
     )
 
@@ -1006,19 +1143,23 @@ def table(result: dict[str, Any]) -> str:
     text = _header(result)
     if mode in ("compare", "sweep", "checkpoint"):
         peak = result.get("peak")
-        text += "| path | images/s median (min-max) | vs first | step s | peak RSS MB | GFLOP/step | GFLOP/s "
-        text += "| % of peak |\n"
-        text += "|---|---|---|---|---|---|---|---|\n"
+        faults = mode != "compare" and all("page_faults_per_step" in p for p in result["paths"])
+        text += "| path | images/s median (min-max) | vs first | step s | cores busy | peak RSS MB "
+        text += "| peak RSS above the data-loaded baseline MB | page faults/step " if faults else ""
+        text += "| GFLOP/step | GFLOP/s | % of peak |\n"
+        text += "|---" * (11 if faults else 9) + "|\n"
         for p in result["paths"]:
             frac = p.get("fraction_of_peak")
             share = "-" if frac is None else f"{100 * frac:.0f}% ({p['peak_dtype']})"
             text += (
                 f"| {p['label']} | {_spread(p)} | {p['ratio_to_first']:.2f}x | "
-                f"{p['median_step_seconds']:.3f} | "
-                f"{_mem(p, result.get('inprocess', False))} | {_gflop(p['flops_per_step'])} | "
-                f"{_f(p.get('achieved_gflops'))} | "
-                f"{share} |\n"
+                f"{p['median_step_seconds']:.3f} | {_cores(p)} | {_mem(p, result.get('inprocess', False))} | "
             )
+            if faults:
+                above = p["memory"]["rss_peak_mb"] - p["rss_base_mb"] if p.get("rss_base_mb") else None
+                text += f"{'-' if result.get('inprocess') else _f(above)} | "
+                text += f"{_f(statistics.median(p['page_faults_per_step']))} | "
+            text += f"{_gflop(p['flops_per_step'])} | {_f(p.get('achieved_gflops'))} | {share} |\n"
         if peak:
             text += (
                 f"\nMeasured peak ({peak['method']}): fp32 {peak['fp32']['peak_gflops']:,.0f} GFLOP/s, "
@@ -1056,6 +1197,40 @@ def table(result: dict[str, Any]) -> str:
             f"Default linear eval: one L-BFGS fit on {lin['train_images']:,} cached features "
             f"{lin['fit_seconds_per_l2']:.1f} s (x {6} fits: 5 L2 values + refit).\n"
         )
+    elif mode == "profile":
+        ref, ours = result["paths"]
+        text += "| seconds per step | reference (fp32, NCHW) | ours | reference / ours |\n|---|---|---|---|\n"
+        rows = [
+            (
+                "two views: " + "DataLoader wait / batched augmentation",
+                ref["views_seconds"],
+                ours["views_seconds"],
+            )
+        ]
+        rows += [(k, ref["categories"][k], ours["categories"][k]) for k in ref["categories"]]
+        rows.append(("**training step (wall)**", ref["step_seconds"], ours["step_seconds"]))
+        rows.append(
+            (
+                "**total**",
+                ref["step_seconds"] + ref["views_seconds"],
+                ours["step_seconds"] + ours["views_seconds"],
+            )
+        )
+        for name, a, b in rows:
+            text += f"| {name} | {a:.3f} | {b:.3f} | {a / b if b else math.inf:.1f}x |\n"
+        peak = result.get("peak")
+        if peak:
+            for p in (ref, ours):
+                conv = p["categories"]["convolution forward"] + p["categories"]["convolution backward"]
+                dtype = "bf16" if p["precision"] == "bf16" else "fp32"
+                rate = p["flops_per_step"] / conv / 1e9 if conv else math.nan
+                text += (
+                    f"\n{p['label']}: convolutions (+ the small head/loss matmuls) run at {rate:,.0f} GFLOP/s"
+                    " = "
+                    f"{100 * rate / peak[dtype]['peak_gflops']:.0f}% of the measured {dtype} peak "
+                    f"({peak[dtype]['peak_gflops']:,.0f} GFLOP/s)."
+                )
+            text += "\n"
     elif mode == "knn":
         text += "| path | seed | steps | train s | kNN top-1 | kNN top-5 |\n|---|---|---|---|---|---|\n"
         for r in result["runs"]:
@@ -1108,7 +1283,7 @@ def update_readme(readme: Path = README) -> int:
 # --- command line ------------------------------------------------------------------------------------------
 
 
-MODES = ("compare", "levers", "sweep", "checkpoint", "stages", "knn", "table", "readme")
+MODES = ("compare", "levers", "sweep", "checkpoint", "stages", "knn", "profile", "table", "readme")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1217,18 +1392,30 @@ def _run_mode(args: argparse.Namespace, argv: list[str], ours: PathSpec) -> int:
         "checkpoint": mode_checkpoint,
         "stages": mode_stages,
         "knn": mode_knn,
+        "profile": mode_profile,
     }
-    peak = measure_peak(device, args.smoke) if args.mode in ("compare", "sweep", "checkpoint") else None
+    if args.threads:  # the peak at the paths' thread count
+        torch.set_num_threads(args.threads)
+    peak = None
+    if args.mode in ("compare", "sweep", "checkpoint", "profile"):
+        peak = measure_peak(device, args.smoke)
     t0 = time.time()
     result = run[args.mode](args, ours)
-    if peak is not None:
-        attach_flops(result, peak)
+    if peak is not None:  # again after the run: a burst of load from elsewhere only ever lowers a measurement
+        after = measure_peak(device, args.smoke)
+        for dtype in ("fp32", "bf16"):
+            for key in ("matmul_gflops", "conv1x1_gflops", "peak_gflops"):
+                peak[dtype][key] = max(peak[dtype][key], after[dtype][key])
+        peak["method"] += ", before and after the run (the higher)"
+        if args.mode != "profile":
+            attach_flops(result, peak)
     result = {
         "mode": args.mode,
         "name": args.name or default_name(args, ours),
         "command": command,
         "machine": machine,
         "peak": peak,
+        "threads_per_path": args.threads or machine["torch_threads"],
         "wall_seconds": time.time() - t0,
         "load_avg_1min_at_end": _load(),
         **result,

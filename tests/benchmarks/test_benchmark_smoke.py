@@ -19,7 +19,7 @@ def test_smoke_benchmark_runs_every_mode_and_renders_tables(
     # compare runs each path in a worker process (the script as a program, the JSON-lines protocol,
     # peak memory per process); the other modes run in this process to keep the test short.
     modes = [["compare"], ["levers", "--inprocess"], ["sweep", "--inprocess"], ["checkpoint", "--inprocess"]]
-    modes += [["stages"], ["knn"]]
+    modes += [["stages"], ["knn"], ["profile"]]
     for mode in modes:
         assert throughput.main([*mode, "--smoke", "--out", str(out)]) == 0, mode
     files = {f.stem: json.loads(f.read_text()) for f in out.glob("*.json")}
@@ -48,6 +48,7 @@ def test_smoke_benchmark_runs_every_mode_and_renders_tables(
     assert throughput.main(["table", *map(str, sorted(out.glob("*.json")))]) == 0
     printed = capsys.readouterr().out
     assert "ours / reference" in printed and "| foreach LARS |" in printed and "kNN evaluation" in printed
+    assert "| convolution backward |" in printed
 
     readme = tmp_path / "README.md"
     name = compare["name"]
