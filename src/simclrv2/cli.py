@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from run_dir/last.pt")
+    p.add_argument(
+        "--grad-checkpoint",
+        action="store_true",
+        default=None,
+        help="activation checkpointing per residual block (= --set model.grad_checkpoint=true): "
+        "much less memory, about 30%% slower",
+    )
 
     p = sub.add_parser(
         "finetune",
@@ -232,7 +239,8 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     from simclrv2.config import PretrainConfig, load_config
     from simclrv2.engine.pretrain import pretrain
 
-    config = load_config(PretrainConfig, args.config, _flag_overrides(args, {}))
+    overrides = _flag_overrides(args, {"grad_checkpoint": "model.grad_checkpoint"})
+    config = load_config(PretrainConfig, args.config, overrides)
     results = pretrain(config, resume=args.resume)
     _print(json.dumps(results, indent=2))
     return 0

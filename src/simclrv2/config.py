@@ -55,6 +55,9 @@ class ModelConfig:
     """Projection head depth (SPEC section 2; SimCLRv2 uses 3)."""
     head_dim: int = 128
     """Projection output dimension."""
+    grad_checkpoint: bool = False
+    """Activation checkpointing per residual block: far less activation memory for one more forward pass
+    (about +30% step time; benchmarks/README.md). For big models or batches that do not fit otherwise."""
 
 
 @dataclass
@@ -126,6 +129,9 @@ class PretrainConfig:
     precision: str = "auto"
     """auto (bf16 where the hardware runs it fast), bf16 or fp32."""
     channels_last: bool = True
+    compile: bool = False
+    """torch.compile the model for training. Off by default: measured slower on CPU, and its compile time
+    is not paid back in short runs (benchmarks/README.md, "Levers")."""
     log_every_steps: int = 20
     """Loss/LR/throughput logging period; the only host-device sync in the step loop."""
     checkpoint_every_steps: int = 0

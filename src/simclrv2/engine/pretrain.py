@@ -94,6 +94,7 @@ class PretrainSetup:
 
 def build_simclr_model(config: PretrainConfig, small_images: bool) -> SimCLRModel:
     backbone = create_backbone(config.model.backbone, small_images=small_images)
+    backbone.grad_checkpoint = config.model.grad_checkpoint
     head = ProjectionHead(
         backbone.num_features, num_layers=config.model.head_layers, out_dim=config.model.head_dim
     )
@@ -211,6 +212,8 @@ def pretrain(config: PretrainConfig, resume: bool = False) -> dict[str, Any]:
     if distributed.get_world_size() > 1:
         ids = [device.index] if device.type == "cuda" else None
         train_module = nn.parallel.DistributedDataParallel(module, device_ids=ids)
+    if config.compile:
+        train_module = cast(nn.Module, torch.compile(train_module))  # checkpoints save unwrap(module)
     logger = MetricsLogger(run_dir)
     trainer = _Trainer(setup, train_module, optimizer, logger, memory)
     try:

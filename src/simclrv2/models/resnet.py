@@ -12,12 +12,15 @@ fractional widths (0.25, 0.5) give small models for quick experiments.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "BasicBlock",
@@ -346,6 +349,8 @@ class ResNet(nn.Module):
         se_ratio: > 0 adds a squeeze-excitation gate to every block.
         small_images: the 3×3 stride-1 stem without max-pool for ≤ 32 px images; overrides the deep stem.
         in_channels: input image channels.
+        grad_checkpoint: activation checkpointing per residual block while training (see
+            :meth:`forward`); also settable later as the attribute of the same name.
 
     Layout: ``stem`` (conv/BN/ReLU[/pool]), ``stages`` (4 sequential stages of blocks). As in the official
     code the first block of *every* stage has a projection shortcut, including stage 1 of ResNet-18/34 where
@@ -360,6 +365,7 @@ class ResNet(nn.Module):
         se_ratio: float = 0.0,
         small_images: bool = False,
         in_channels: int = 3,
+        grad_checkpoint: bool = False,
     ) -> None:
         super().__init__()
         if depth not in BLOCKS_PER_STAGE:
@@ -375,6 +381,7 @@ class ResNet(nn.Module):
         self.sk_ratio = sk_ratio
         self.se_ratio = se_ratio
         self.small_images = small_images
+        self.grad_checkpoint = grad_checkpoint
 
         bottleneck, blocks_per_stage = BLOCKS_PER_STAGE[depth]
         resnet_d = sk_ratio > 0
@@ -402,5 +409,49 @@ class ResNet(nn.Module):
         self.num_features = channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stages(self.stem(x))
+        """h = global average of the last stage's output.
+
+        With ``grad_checkpoint`` (and only while training with gradients on) each residual block keeps just
+        its input for the backward pass and is re-run there (``torch.utils.checkpoint``, non-reentrant):
+        activation memory drops to about one block's worth plus the block inputs, for one more forward
+        pass of the blocks. The re-run does not update the BatchNorm running statistics a second time.
+        """
+        x = self.stem(x)
+        if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+            for stage in self.stages:
+                for block in stage.children():
+                    x = checkpoint(block, x, use_reentrant=False, context_fn=_recompute_keeps_bn_stats(block))
+        else:
+            x = self.stages(x)
         return x.mean(dim=(2, 3))
+
+
+class _KeepBatchNormStats(contextlib.AbstractContextManager):
+    """Restores the running statistics of the BatchNorms in a module on exit: the checkpoint's re-run of
+    a block's forward computes the same batch statistics again and must not apply the momentum twice."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.buffers = [
+            buf
+            for m in module.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for buf in (m.running_mean, m.running_var, m.num_batches_tracked)
+            if buf is not None
+        ]
+        self.saved: list[torch.Tensor] = []
+
+    def __enter__(self) -> _KeepBatchNormStats:
+        self.saved = [buf.clone() for buf in self.buffers]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        with torch.no_grad():
+            for buf, saved in zip(self.buffers, self.saved, strict=True):
+                buf.copy_(saved)
+        self.saved = []
+
+
+def _recompute_keeps_bn_stats(block: nn.Module) -> Any:
+    """``context_fn`` for :func:`torch.utils.checkpoint.checkpoint`: nothing around the first forward,
+    :class:`_KeepBatchNormStats` around the recomputation."""
+    return lambda: (contextlib.nullcontext(), _KeepBatchNormStats(block))

@@ -1,0 +1,66 @@
+"""Pretraining options for speed and memory: ``compile`` and ``model.grad_checkpoint`` (--grad-checkpoint)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from simclrv2.checkpoint import load_checkpoint
+from simclrv2.cli import main
+
+TINY = [
+    "data.name=synthetic",
+    "data.synthetic_size=64",
+    "data.image_size=16",
+    "model.backbone=r18_0.25x_sk0",
+    "batch_size=16",
+    "epochs=2",
+    "optim.warmup_epochs=0.5",
+    "log_every_steps=1",
+    "eval.knn_k=10",
+    "max_steps=2",
+]
+
+
+def _sets(*items: str) -> list[str]:
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def test_grad_checkpoint_flag_trains_with_checkpointed_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from simclrv2.models import resnet
+
+    calls = []
+    real = resnet.checkpoint
+    monkeypatch.setattr(resnet, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
+    run = tmp_path / "run"
+    assert main(["pretrain", "--grad-checkpoint", *_sets(*TINY, f"run_dir={run}")]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["grad_checkpoint"] is True
+    assert len(calls) == 2 * 8  # 2 steps x the 8 residual blocks of a ResNet-18; evaluation never checkpoints
+
+
+class _FakeCompiled(nn.Module):
+    """Stands in for torch.compile's OptimizedModule (same ``_orig_mod`` attribute), without compiling:
+    compiling even the tiny model takes minutes on a 2-core CPU."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self._orig_mod = module
+
+    def forward(self, *args: object) -> object:
+        return self._orig_mod(*args)
+
+
+def test_compile_wraps_the_training_module_and_checkpoints_stay_unwrapped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda m: compiled.append(m) or _FakeCompiled(m))
+    run = tmp_path / "run"
+    assert main(["pretrain", *_sets(*TINY, f"run_dir={run}", "compile=true")]) == 0
+    assert len(compiled) == 1
+    keys = load_checkpoint(run / "last.pt", stage="pretrain")["model"].keys()
+    assert keys and not any("_orig_mod" in k for k in keys)
