@@ -130,8 +130,8 @@ class PretrainConfig:
     """auto (bf16 where the hardware runs it fast), bf16 or fp32."""
     channels_last: bool = True
     compile: bool = False
-    """torch.compile the model for training. Off by default: measured slower on CPU, and its compile time
-    is not paid back in short runs (benchmarks/README.md, "Levers")."""
+    """torch.compile the model for training. Off by default: on the 2-core CPU it made the demo model's step
+    24% slower and ResNet-18's 9% faster, after a 1-2 minute compile (benchmarks/README.md, "Levers")."""
     log_every_steps: int = 20
     """Loss/LR/throughput logging period; the only host-device sync in the step loop."""
     checkpoint_every_steps: int = 0
