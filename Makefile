@@ -37,8 +37,8 @@ demo: setup data
 	$(BIN)/simclrv2 pipeline --config configs/fashion_mnist.yaml --set run_dir=$(DEMO_RUN)
 
 lint: setup
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
 pytest: setup data

@@ -21,10 +21,12 @@ Modes (``python benchmarks/throughput.py MODE --help``; every mode writes JSON u
   checkpoint  ours with and without activation checkpointing (ResNet-50, 224 px by default)
   stages      fine-tune, distillation and linear-eval steps (images/s), kNN evaluation time
   knn         the same short pretraining with both paths, then kNN accuracy of each
+  profile     where one step's time goes in each path (torch.profiler, ops grouped by kind)
   table       print every result file as Markdown tables
   readme      regenerate the tables in benchmarks/README.md from the JSON files
 
-``--smoke`` runs every mode at tiny sizes in seconds (CI: tests/test_benchmark_smoke.py).
+``--smoke`` runs any mode at tiny sizes in seconds (CI: tests/benchmarks/test_benchmark_smoke.py).
+``--threads 1`` gives each path one thread: on a shared CPU the ratio stays meaningful (README).
 """
 
 from __future__ import annotations
