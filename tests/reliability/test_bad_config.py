@@ -45,6 +45,7 @@ def test_bad_pretrain_settings_stop_before_work(
     import torch
 
     if case.startswith("CUDA") and torch.cuda.is_available():
+        # these cases ask for CUDA on a machine without one; with a GPU visible the request is valid
         pytest.skip("a GPU is visible here")
     run = tmp_path / "run"
     assert main(["pretrain", *sets(*TINY_PRETRAIN, f"run_dir={run}"), *sets(*overrides)]) == 2

@@ -74,7 +74,9 @@ def test_sigterm_in_a_real_process_checkpoints_the_step_and_exits_resumable(
     ckpt = load_checkpoint(run / "last.pt", stage="pretrain")
     step = int(ckpt["step"])
     assert f"after step {step} of 128" in last[0]
-    assert 1 <= step < 128 and _logged_steps(run) >= step  # the step in flight finished and was saved
+    # the signal lands at a random step: it must have stopped the run before its end (128 steps), after the
+    # step in flight finished and was saved; exactness is checked by the resume comparison below
+    assert 1 <= step < 128 and _logged_steps(run) >= step
     assert not (run / "results.json").exists()
 
     # Resume to a few steps later and compare with an uninterrupted run to the same step.
@@ -110,7 +112,7 @@ def test_signal_during_finetuning_stops_after_the_step_and_resumes_exactly(
     process.join(60)
     assert process.exitcode == EXIT_INTERRUPTED
     step = int(load_checkpoint(run / "last.pt", stage="finetune")["step"])
-    assert 1 <= step < 80
+    assert 1 <= step < 80  # stopped mid-run (80 steps in all); the resume comparison below checks exactness
     assert run_forked(_finetune_cli, pretrained, run, (f"max_steps={step + 3}",), True) == 0
     assert run_forked(_finetune_cli, pretrained, ref, (f"max_steps={step + 3}",)) == 0
     assert _same_weights(run / "last.pt", ref / "last.pt")
