@@ -136,6 +136,9 @@ class PretrainConfig:
     """Loss/LR/throughput logging period; the only host-device sync in the step loop."""
     checkpoint_every_steps: int = 0
     """Also checkpoint every N steps (0 = only at the end of each epoch)."""
+    keep_epochs: list[int] = field(default_factory=list)
+    """Also keep a copy of the checkpoint after these epochs (``epoch0005.pt``; kNN is evaluated there too),
+    e.g. to fine-tune from several points of one run (benchmarks/label_efficiency.py's curve)."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentSettings = field(default_factory=AugmentSettings)
@@ -166,6 +169,12 @@ class PretrainConfig:
         _check_positive("log_every_steps", self.log_every_steps)
         _check_nonnegative("checkpoint_every_steps", self.checkpoint_every_steps)
         _check_nonnegative("eval.knn_every_epochs", self.eval.knn_every_epochs)
+        for e in self.keep_epochs:
+            if not 1 <= e <= self.epochs:
+                raise ConfigError(
+                    f"keep_epochs: {e} is not an epoch of this run (1 ... epochs={self.epochs}); "
+                    "drop it or raise epochs."
+                )
         _check_positive("eval.knn_k", self.eval.knn_k)
         _check_positive("eval.knn_temperature", self.eval.knn_temperature)
         _check_positive("eval.batch_size", self.eval.batch_size)

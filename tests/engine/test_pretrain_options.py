@@ -64,3 +64,25 @@ def test_compile_wraps_the_training_module_and_checkpoints_stay_unwrapped(
     assert len(compiled) == 1
     keys = load_checkpoint(run / "last.pt", stage="pretrain")["model"].keys()
     assert keys and not any("_orig_mod" in k for k in keys)
+
+
+def test_keep_epochs_keeps_a_copy_of_those_epochs_checkpoints_with_knn(tmp_path: Path) -> None:
+    import json
+
+    run = tmp_path / "run"
+    settings = [s for s in TINY if not s.startswith(("max_steps", "epochs"))]
+    argv = ["pretrain", *_sets(*settings, "epochs=3", "keep_epochs=[1, 2]", "eval.knn_every_epochs=0")]
+    assert main([*argv, "--set", f"run_dir={run}"]) == 0
+    kept = sorted(p.name for p in run.glob("epoch*.pt"))
+    assert kept == ["epoch0001.pt", "epoch0002.pt"]
+    steps_per_epoch = load_checkpoint(run / "last.pt")["step"] // 3
+    for epoch in (1, 2):
+        ckpt = load_checkpoint(run / f"epoch{epoch:04d}.pt", stage="pretrain")
+        assert ckpt["step"] == epoch * steps_per_epoch and ckpt["epoch"] == epoch
+    # kNN ran at the kept epochs and at the end only (knn_every_epochs=0)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "knn_top1" in r] == [steps_per_epoch * e for e in (1, 2, 3)]
+    # A kept epoch outside the run is refused before any work.
+    assert (
+        main(["pretrain", *_sets(*settings, "epochs=3", "keep_epochs=[4]", f"run_dir={tmp_path / 'x'}")]) == 2
+    )

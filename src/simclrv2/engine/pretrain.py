@@ -321,7 +321,7 @@ class _Trainer:
         self.interrupt = GracefulInterrupt()
         self.loss_window: Tensor | None = None  # the loop's running loss sum, checked before each save
 
-    def save(self, step: int) -> None:
+    def save(self, step: int, name: str = CHECKPOINT_NAME) -> None:
         self._check_finite(step)  # on every rank (a collective), so all of them stop together
         if not distributed.is_main_process():
             return
@@ -339,7 +339,7 @@ class _Trainer:
         }
         if self.memory is not None:
             state[MEMORY_KEY] = self.memory.state_dict()
-        atomic_save(state, self.run_dir / CHECKPOINT_NAME)
+        atomic_save(state, self.run_dir / name)
 
     def _check_finite(self, step: int) -> None:
         """Never overwrite the last good checkpoint with NaN/Inf weights: the loss is only synced every
@@ -475,11 +475,14 @@ class _Trainer:
             if epoch_done:
                 finished_epoch = step // s.steps_per_epoch
                 every = c.eval.knn_every_epochs
-                if (every and finished_epoch % every == 0) or step == s.total_steps:
+                keep = finished_epoch in c.keep_epochs
+                if (every and finished_epoch % every == 0) or keep or step == s.total_steps:
                     t_eval = time.time()
                     self.evaluate(step)
                     window_start += time.time() - t_eval  # evaluation time is not training throughput
             self.save(step)
+            if epoch_done and step // s.steps_per_epoch in c.keep_epochs:
+                self.save(step, name=f"epoch{step // s.steps_per_epoch:04d}.pt")
         bar.close()
         if self.knn_step != step and s.test is not None:
             self.evaluate(step)
