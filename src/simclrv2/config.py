@@ -223,6 +223,14 @@ class FinetuneConfig:
     stages can share one subset."""
     from_layer: int = 1
     """Fine-tune from head layer k: 0 = h (drop the head), 1 = SimCLRv2 default, -1 = z (SPEC 2)."""
+    lr_grid: list[float] = field(default_factory=lambda: [1.0])
+    """Multipliers of the scaled base LR; with more than one (LR, epochs) candidate each is tried on a
+    validation split of the labeled subset and the best is retrained on all of it (as the supervised
+    baseline does). Default: the paper's LR, no search."""
+    epochs_grid: list[int] = field(default_factory=list)
+    """Epoch counts tried with every LR of ``lr_grid`` (empty = ``epochs`` only)."""
+    val_fraction: float = 0.1
+    """Class-balanced part of the labeled subset held out when there is something to choose."""
     use_ema: bool = False
     """Start from the EMA encoder of a run pretrained with ``memory.size > 0`` instead of the online one."""
     epochs: int | None = None
@@ -270,6 +278,8 @@ class SupervisedConfig:
     lr_grid: list[float] = field(default_factory=lambda: [0.3, 1.0, 3.0])
     """Multipliers of the scaled base LR tried on the validation split; the best one is retrained on all
     labels."""
+    epochs_grid: list[int] = field(default_factory=list)
+    """Epoch counts tried on the validation split with every LR of ``lr_grid`` (empty = ``epochs`` only)."""
     val_fraction: float = 0.1
     """Class-balanced part of the labeled subset held out for the LR choice (never the test split)."""
     device: str = "auto"
@@ -283,11 +293,6 @@ class SupervisedConfig:
 
     def validate(self) -> None:
         _validate_classify(self)
-        if not self.lr_grid or any(not m > 0 for m in self.lr_grid):
-            raise ConfigError(
-                f"lr_grid must be a non-empty list of positive multipliers, got {self.lr_grid}."
-            )
-        _check_range("val_fraction", self.val_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
         from simclrv2.models.registry import parse_backbone_name
 
         try:
@@ -517,6 +522,12 @@ def _validate_classify(c: Any, labels: bool = True) -> None:
     _check_nonnegative("checkpoint_every_steps", c.checkpoint_every_steps)
     _check_positive("eval_batch_size", c.eval_batch_size)
     _check_data(c.data)
+    if hasattr(c, "lr_grid"):
+        if not c.lr_grid or any(not m > 0 for m in c.lr_grid):
+            raise ConfigError(f"lr_grid must be a non-empty list of positive multipliers, got {c.lr_grid}.")
+        if any(not e > 0 for e in c.epochs_grid):
+            raise ConfigError(f"epochs_grid must hold positive epoch counts, got {c.epochs_grid}.")
+        _check_range("val_fraction", c.val_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
     for key in ("epochs", "max_steps", "data.image_size"):
         value = get_key(c, key)
         if value is not None:

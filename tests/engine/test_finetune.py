@@ -72,3 +72,27 @@ def test_finetune_rejects_a_head_layer_beyond_the_head(
 ) -> None:
     assert main([*_ft(pretrained_checkpoint, tmp_path / "r"), "--from-layer", "4"]) == 2
     assert "3 layers" in capsys.readouterr().err
+
+
+def test_finetune_chooses_lr_and_epochs_on_a_validation_split(
+    pretrained_checkpoint: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "grid"
+    grid = ("lr_grid=[0.5, 2.0]", "epochs_grid=[1, 2]", "val_fraction=0.25")
+    assert main(_ft(pretrained_checkpoint, run, *grid)) == 0
+    res = json.loads((run / "results.json").read_text())
+    keys = {"lr_x0.5_ep1", "lr_x2_ep1", "lr_x0.5_ep2", "lr_x2_ep2"}
+    assert set(res["lr_grid"]) == keys
+    labeled = res["num_labeled"]
+    for key in keys:  # every candidate was scored on the validation part, never on the test split
+        grid_eval = json.loads((run / "grid" / key / "eval.json").read_text())
+        assert grid_eval["num_images"] < labeled < res["test"]["num_images"]
+    best = max(
+        sorted(keys, key=list(res["lr_grid"]).index), key=lambda k: res["lr_grid"][k]["validation_top1"]
+    )
+    assert (res["chosen_lr_multiplier"], res["chosen_epochs"]) == (
+        res["lr_grid"][best]["lr_multiplier"],
+        res["lr_grid"][best]["epochs"],
+    )
+    # The final run trains on every labeled image for the chosen number of epochs.
+    assert res["num_train"] == labeled and res["epochs"] == res["chosen_epochs"]

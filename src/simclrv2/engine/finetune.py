@@ -17,10 +17,18 @@ from simclrv2 import distributed
 from simclrv2.checkpoint import CheckpointError, load_checkpoint, load_state_checked
 from simclrv2.config import FinetuneConfig
 from simclrv2.data import ImageData, load_dataset
-from simclrv2.data.subsets import default_epochs, labeled_subset
+from simclrv2.data.subsets import default_epochs, resolve_label_indices, split_validation, subset_data
 from simclrv2.engine.classify import ClassifierTrainer, TrainSettings, check_run_dir, fit_batch_size
 from simclrv2.engine.memory import pretrained_state
-from simclrv2.engine.runtime import device_type, echo, resolve_device, resolve_precision, seed_everything
+from simclrv2.engine.runtime import (
+    device_type,
+    echo,
+    resolve_device,
+    resolve_precision,
+    seed_everything,
+    write_json,
+)
+from simclrv2.engine.tuning import candidates, choose_on_validation
 from simclrv2.models import FineTuneModel, ProjectionHead, create_backbone, load_pretrained_into
 from simclrv2.optim import scale_learning_rate
 
@@ -88,65 +96,118 @@ def build_model_from_checkpoint(ckpt: dict[str, Any] | str | Path) -> FineTuneMo
     return model
 
 
-def finetune(config: FinetuneConfig, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
-    """Fine-tune from ``config.pretrained`` on the labeled subset; returns (and writes) ``results.json``.
-    Under torchrun every rank calls this (see :class:`ClassifierTrainer` for what is distributed)."""
-    distributed.init_from_env(device_type(config.device))
-    run_dir = Path(config.run_dir)
-    check_run_dir(run_dir, resume)
-    pre = load_checkpoint(config.pretrained, stage="pretrain")
-    pconf = pre["config"]["model"]
-    small = bool(pre["small_images"])
-    device = resolve_device(config.device)
-    precision = resolve_precision(config.precision, device)
-    seed_everything(config.seed)
-
-    train_full, test = load_split_pair(config.data, config.seed)
-    index_file = config.label_index_file or run_dir / "label_indices.txt"
-    train, how = labeled_subset(train_full, config.labels, config.seed, index_file)
-    fraction = len(train) / len(train_full)
-    epochs = config.epochs or default_epochs(config.labels, len(train), len(train_full))
-    say = echo if show_progress else (lambda _msg: None)
-    say(
-        f"finetune: {len(train)} labeled images ({fraction:.2%} of {len(train_full)}; {how}), {epochs} epochs"
-    )
-    batch = fit_batch_size(config.batch_size, len(train), STAGE)
-
-    num_classes = len(train_full.classes)
-    arch = model_arch(
-        pconf["backbone"], small, pconf["head_layers"], pconf["head_dim"], config.from_layer, num_classes
-    )
+def _train_once(
+    config: FinetuneConfig,
+    pre: dict[str, Any],
+    arch: dict[str, Any],
+    run_dir: Path,
+    train: ImageData,
+    evaluate_on: ImageData | None,
+    lr_multiplier: float,
+    epochs: int,
+    device: torch.device,
+    precision: str,
+    resume: bool,
+    show_progress: bool,
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    seed_everything(config.seed)  # every grid candidate and the final run start from the same state
     model = build_model(arch)
-    dropped = load_pretrained_into(model, pretrained_state(pre, config.use_ema, config.pretrained))
-    which = "the EMA encoder" if config.use_ema else "the online network"
-    say(f"finetune: {which}, from head layer {config.from_layer}; pretrained keys not used: {len(dropped)}")
+    load_pretrained_into(model, pretrained_state(pre, config.use_ema, config.pretrained))
     model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-
-    peak_lr = scale_learning_rate(config.optim.base_lr, batch, config.optim.lr_scaling)
+    batch = fit_batch_size(config.batch_size, len(train), STAGE)
+    peak_lr = lr_multiplier * scale_learning_rate(config.optim.base_lr, batch, config.optim.lr_scaling)
     settings = TrainSettings.from_config(
         config,
         stage=STAGE,
+        run_dir=run_dir,
         train=train,
         device=device,
         precision=precision,
         batch_size=batch,
         epochs=epochs,
         peak_lr=peak_lr,
-        extra={"arch": arch, "label_index_file": str(index_file), "num_labeled": len(train)},
+        extra={"arch": arch, "num_labeled": len(train), "lr_multiplier": lr_multiplier, **extra},
         show_progress=show_progress,
     )
-    trainer = ClassifierTrainer(settings, model, train, test)
-    return trainer.run(
-        resume,
-        extra_results={
+    trainer = ClassifierTrainer(settings, model, train, evaluate_on)
+    return trainer.run(resume, extra_results={"lr_multiplier": lr_multiplier, "num_train": len(train)})
+
+
+def finetune(config: FinetuneConfig, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    """Fine-tune from ``config.pretrained`` on the labeled subset; returns (and writes) ``results.json``.
+    Under torchrun every rank calls this (see :class:`ClassifierTrainer` for what is distributed).
+
+    With more than one (``lr_grid`` x ``epochs_grid``) candidate, each is first trained on the labeled subset
+    minus a class-balanced validation split and scored there (:mod:`simclrv2.engine.tuning`); the best is
+    then trained on the whole subset and tested."""
+    distributed.init_from_env(device_type(config.device))
+    run_dir = Path(config.run_dir)
+    if not resume:  # with --resume the run may have stopped during the grid, before run_dir/last.pt existed
+        check_run_dir(run_dir, resume)
+    pre = load_checkpoint(config.pretrained, stage="pretrain")
+    pconf = pre["config"]["model"]
+    small = bool(pre["small_images"])
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+
+    train_full, test = load_split_pair(config.data, config.seed)
+    index_file = config.label_index_file or run_dir / "label_indices.txt"
+    idx, how = resolve_label_indices(train_full, config.labels, config.seed, index_file)
+    fraction = len(idx) / len(train_full)
+    epochs = config.epochs or default_epochs(config.labels, len(idx), len(train_full))
+    say = echo if show_progress else (lambda _msg: None)
+    which = "the EMA encoder" if config.use_ema else "the online network"
+    say(
+        f"finetune: {len(idx)} labeled images ({fraction:.2%} of {len(train_full)}; {how}), "
+        f"{which}, from head layer {config.from_layer}"
+    )
+    num_classes = len(train_full.classes)
+    arch = model_arch(
+        pconf["backbone"], small, pconf["head_layers"], pconf["head_dim"], config.from_layer, num_classes
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    extra = {"label_index_file": str(index_file)}
+
+    grid = candidates(config.lr_grid, config.epochs_grid, epochs)
+    record: dict[str, Any] = {}
+    lr_multiplier = grid[0][0]
+    if len(grid) > 1:
+        tr_idx, val_idx = split_validation(idx, train_full.labels, config.val_fraction, config.seed)
+
+        def train_candidate(sub: Path, mult: float, ep: int) -> dict[str, Any]:
+            return _train_once(
+                config, pre, arch, sub, subset_data(train_full, tr_idx), subset_data(train_full, val_idx),
+                mult, ep, device, precision, (sub / "last.pt").exists(), show_progress, extra,
+            )  # fmt: skip
+
+        (lr_multiplier, epochs), record = choose_on_validation(run_dir, grid, train_candidate, say, STAGE)
+        say(
+            f"finetune: chose LR x{lr_multiplier:g}, {epochs} epochs; "
+            f"training on all {len(idx)} labeled images"
+        )
+    else:
+        epochs = grid[0][1]
+    say(f"finetune: {epochs} epochs")
+    results = _train_once(
+        config, pre, arch, run_dir, subset_data(train_full, idx), test, lr_multiplier, epochs, device,
+        precision, resume and (run_dir / "last.pt").exists(), show_progress, extra,
+    )  # fmt: skip
+    results.update(
+        {
             "pretrained": str(config.pretrained),
             "from_layer": config.from_layer,
             "use_ema": config.use_ema,
             "labels": config.labels,
-            "num_labeled": len(train),
+            "num_labeled": len(idx),
             "label_fraction": fraction,
             "label_index_file": str(index_file),
-        },
+            "lr_grid": record,
+            "chosen_lr_multiplier": lr_multiplier,
+            "chosen_epochs": epochs,
+        }
     )
+    write_json(run_dir / "results.json", results)
+    return results

@@ -1,14 +1,14 @@
 """Supervised baseline: the same backbone trained from scratch on the labeled subset only (SPEC 4).
 
 Backbone (small-image stem chosen as in pretraining) + a zero-initialised classifier on h; momentum SGD,
-LR 0.1·B/256, weight decay 1e-4, cosine, crop + flip; the fine-tuning epoch rule. The LR multiplier is chosen
-from ``lr_grid`` on a class-balanced validation split carved from the labeled subset (the test split is never
-looked at), then the model is retrained on the whole labeled subset with that LR.
+LR 0.1·B/256, weight decay 1e-4, cosine, crop + flip; the fine-tuning epoch rule. The LR multiplier (from
+``lr_grid``) and the number of epochs (from ``epochs_grid``) are chosen on a class-balanced validation split
+carved from the labeled subset (the test split is never looked at), then the model is retrained on the whole
+labeled subset with that choice.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from simclrv2.engine.runtime import (
     seed_everything,
     write_json,
 )
+from simclrv2.engine.tuning import candidates, choose_on_validation
 from simclrv2.optim import scale_learning_rate
 
 __all__ = ["supervised"]
@@ -93,26 +94,20 @@ def supervised(config: SupervisedConfig, resume: bool = False, show_progress: bo
     save_config(config, run_dir / "config.yaml")
     say(f"supervised: {len(idx)} labeled images ({fraction:.2%}; {how}), {epochs} epochs, {config.backbone}")
 
-    # 1. LR grid on a validation split of the labeled subset; the grid runs are kept in run_dir/grid/.
-    grid_path = run_dir / "grid.json"
+    # 1. (LR, epochs) grid on a validation split of the labeled subset; grid runs are kept in run_dir/grid/.
     tr_idx, val_idx = split_validation(idx, train_full.labels, config.val_fraction, config.seed)
-    grid: dict[str, Any] = json.loads(grid_path.read_text()) if grid_path.exists() else {}
-    for mult in config.lr_grid:
-        key = f"{mult:g}"
-        if key in grid:
-            continue  # done before an interruption
-        sub = run_dir / "grid" / f"lr_x{key}"
-        res = _train_once(
-            config, arch, sub, subset_data(train_full, tr_idx), subset_data(train_full, val_idx), mult,
-            epochs, device, precision, (sub / "last.pt").exists(), show_progress,
-        )  # fmt: skip
-        grid[key] = {"validation_top1": res["test"]["top1"], "peak_lr": res["peak_lr"]}
-        say(f"supervised: LR x{key} ({res['peak_lr']:.4g}): validation top-1 {res['test']['top1']:.2f}%")
-        write_json(grid_path, grid)
-    best = max(config.lr_grid, key=lambda m: grid[f"{m:g}"]["validation_top1"])
-    say(f"supervised: chose LR x{best:g}; retraining on all {len(idx)} labeled images")
+    grid = candidates(config.lr_grid, config.epochs_grid, epochs)
 
-    # 2. Retrain on the whole labeled subset with the chosen LR; test once.
+    def train_candidate(sub: Path, mult: float, ep: int) -> dict[str, Any]:
+        return _train_once(
+            config, arch, sub, subset_data(train_full, tr_idx), subset_data(train_full, val_idx), mult,
+            ep, device, precision, (sub / "last.pt").exists(), show_progress,
+        )  # fmt: skip
+
+    (best, epochs), record = choose_on_validation(run_dir, grid, train_candidate, say, STAGE)
+    say(f"supervised: chose LR x{best:g}, {epochs} epochs; training on all {len(idx)} labeled images")
+
+    # 2. Train on the whole labeled subset with the chosen setting; test once.
     results = _train_once(
         config, arch, run_dir, subset_data(train_full, idx), test, best, epochs, device, precision,
         resume and (run_dir / "last.pt").exists(), show_progress,
@@ -124,8 +119,9 @@ def supervised(config: SupervisedConfig, resume: bool = False, show_progress: bo
             "num_labeled": len(idx),
             "label_fraction": fraction,
             "label_index_file": str(index_file),
-            "lr_grid": grid,
+            "lr_grid": record,
             "chosen_lr_multiplier": best,
+            "chosen_epochs": epochs,
             "validation_size": len(val_idx),
             "grid_train_size": len(tr_idx),
         }
