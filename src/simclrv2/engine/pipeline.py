@@ -136,7 +136,17 @@ class Pipeline:
         )  # fmt: skip
         return run_dir / "last.pt"
 
-    def distill(self, teacher: Path, labels: str, student: str, seed: int, pretrained: Path) -> None:
+    def distill(
+        self,
+        teacher: Path,
+        labels: str,
+        student: str,
+        seed: int,
+        pretrained: Path,
+        student_init: Path | None = None,
+    ) -> None:
+        """Distil ``teacher`` into ``student``; a self-distilled student starts from ``pretrained`` when
+        ``distill_init`` says so, any student from ``student_init`` when given (a checkpoint of its backbone)."""
         from simclrv2.engine.distill import distill
 
         slug = "self" if student == "same" else student
@@ -146,6 +156,8 @@ class Pipeline:
         )  # fmt: skip
         if student in ("same", self.c.pretrain.model.backbone) and self.c.distill_init == "pretrained":
             cfg.student_init = str(pretrained)
+        if student_init is not None:
+            cfg.student_init = str(student_init)
         cfg.validate()
         row = "Self-distilled" if student == "same" else f"Distilled into {student}"
         self._run_stage(

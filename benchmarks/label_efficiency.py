@@ -1,0 +1,577 @@
+"""The label-efficiency benchmark on Fashion-MNIST (issue 6): does this implementation reproduce the paper?
+
+A thin driver over the pipeline (:class:`simclrv2.engine.pipeline.Pipeline`, what ``simclrv2 pipeline``
+runs): for each model size it pretrains once, then runs every row of the paper's table for every label
+column and label seed from that one pretrained network, and writes
+
+* ``benchmarks/results/label_efficiency_fashion_mnist.json``: every run (config, seed, accuracy, wall time),
+  the table (mean and std over label seeds), the pretraining curve and the machine;
+* ``benchmarks/results/label_efficiency_fashion_mnist.png``: accuracy against label fraction, one line per
+  row, error bars = std over seeds;
+* the table in README.md (between ``<!-- label-efficiency -->`` markers) with the command and the machine.
+
+Rows: (1) supervised on the labeled subset only, (2) supervised on 100% of the labels, (3) linear evaluation,
+(4) fine-tuned from the backbone output (layer 0), (5) fine-tuned from head layer 1, (6) self-distilled from
+(5), (7) distilled from (5) into a smaller student. Columns: 10 labels per class, 1%, 10%.
+
+Every stage runs in its own directory under ``--run-dir`` and is skipped when it finished before, so an
+interrupted benchmark continues where it stopped when the same command is run again (the wall time of each
+stage is recorded when it runs).
+
+    python benchmarks/label_efficiency.py                 # the whole table (about 2 hours on 2 CPU cores)
+    python benchmarks/label_efficiency.py --profile fast  # one seed, 10 labels/class, minutes (CI test)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE_CONFIG = ROOT / "configs" / "fashion_mnist.yaml"
+
+# Settings shared by every model size (on top of configs/fashion_mnist.yaml, the demo's recipe: CIFAR-size
+# SimCLR, temperature 0.5, colour strength 0.5, no blur, LARS 0.075 * sqrt(B)).
+COMMON = [
+    "pretrain.optim.warmup_epochs=0.5",
+    "pretrain.eval.knn_every_epochs=0",  # kNN at the kept epochs and at the end only (each costs ~15 s)
+    "finetune.val_fraction=0.2",  # 2 of 10 images per class at 10 labels/class: the choice needs some
+    "supervised.val_fraction=0.2",
+    "distill.epochs=2",
+    "distill.optim.base_lr=0.002",
+]
+
+# The validation search for the fine-tuned rows (4, 5) and the supervised baseline (row 1): the same number
+# of candidates for both (3 LR multipliers x 2 epoch counts, 3 x 1 at 10%), each centred on its own recipe.
+# It runs on label seed 0's subset (its validation split: 20% of the labeled images, class-balanced); the
+# other seeds reuse the choice. Base LRs: fine-tuning LARS 0.005 * sqrt(B), supervised SGD 0.1 * B / 256
+# (SPEC 4). Training from scratch needs more steps and a larger LR than fine-tuning: with the fine-tuning
+# budget (60 epochs of 80 images = 60 steps) the supervised baseline reached only 15-55% validation top-1
+# at 10 labels/class (runs of 2026-11-29), so its grid is longer and reaches higher.
+LR_GRID = {"finetune": [0.3, 1.0, 3.0], "supervised": [1.0, 3.0, 10.0]}
+EPOCHS_GRID = {
+    "finetune": {"10/class": [60, 200], "1%": [30, 100], "10%": [15]},
+    "supervised": {"10/class": [300, 1000], "1%": [100, 300], "10%": [30]},
+}
+FULL_SUPERVISED_EPOCHS = 15  # row 2: 60,000 labels; LR = the one chosen for the 10% column
+
+ROWS = {
+    "sup": "1. Supervised, labeled subset only",
+    "sup100": "2. Supervised, 100% of the labels",
+    "linear": "3. Linear evaluation",
+    "ft0": "4. Fine-tuned from layer 0 (backbone)",
+    "ft1": "5. Fine-tuned from head layer 1",
+    "self": "6. Self-distilled from 5",
+    "small": "7. Distilled from 5 into {student}",
+}
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "full": {
+        "run_dir": "runs/label_efficiency",
+        "columns": ["10/class", "1%", "10%"],
+        "seeds": [0, 1, 2],
+        "pretrain_epochs": 15,
+        "curve_epochs": [1, 3, 7],
+        # The large model gets every row; the small one the rows that need only its pretraining (3-5), to
+        # test claim (a), and it is the student of row 7 (starting from its own pretraining).
+        "models": [
+            {
+                "name": "r18_0.25x",
+                "backbone": "r18_0.25x_sk0",
+                "rows": ["linear", "ft0", "ft1", "sup", "self", "small", "sup100"],
+            },
+            {"name": "r18_0.125x", "backbone": "r18_0.125x_sk0", "rows": ["linear", "ft0", "ft1"]},
+        ],
+        "curve_model": "r18_0.25x",
+        "curve_columns": ["10/class", "1%"],
+        "curve_seeds": [0],
+    },
+    "fast": {
+        "run_dir": "runs/label_efficiency_fast",
+        "columns": ["10/class"],
+        "seeds": [0],
+        "pretrain_epochs": 2,
+        "curve_epochs": [],
+        "models": [{"name": "r18_0.25x", "backbone": "r18_0.25x_sk0", "rows": ["ft1", "sup"]}],
+        "curve_model": None,
+        "curve_columns": [],
+    },
+}
+
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+MARK_BEGIN, MARK_END = "<!-- label-efficiency -->", "<!-- /label-efficiency -->"
+
+
+def pipeline_config(profile: dict[str, Any], model: dict[str, Any], run_dir: Path, extra: list[str]) -> Any:
+    from simclrv2.config import PipelineConfig, load_config
+
+    keep = [e for e in profile["curve_epochs"] if e < profile["pretrain_epochs"]]
+    overrides = [
+        *COMMON,
+        f"run_dir={json.dumps(str(run_dir / model['name']))}",
+        f"labels={json.dumps(profile['columns'])}",
+        f"label_seeds={json.dumps(profile['seeds'])}",
+        f"pretrain.epochs={profile['pretrain_epochs']}",
+        f"pretrain.model.backbone={model['backbone']}",
+        f"pretrain.keep_epochs={json.dumps(keep)}",
+        *extra,
+    ]
+    return load_config(PipelineConfig, BASE_CONFIG, overrides)
+
+
+class Bench:
+    """Drives one :class:`Pipeline` per model size and keeps every stage's wall time across reruns."""
+
+    def __init__(self, profile: dict[str, Any], run_dir: Path, overrides: list[str], command: str) -> None:
+        self.profile = profile
+        self.run_dir = run_dir
+        self.command = command
+        self.pipes: dict[str, Any] = {}
+        self.pretrained: dict[str, Path] = {}
+        from simclrv2.engine.pipeline import Pipeline
+
+        bench = self
+
+        class TimedPipeline(Pipeline):
+            def _run_stage(self, kind: str, name: str, run_dir: Path, fn: Any, *args: Any, **kw: Any) -> Any:
+                t0 = time.time()
+                done = (run_dir / kw.get("results_name", "results.json")).is_file()
+                out = super()._run_stage(kind, name, run_dir, fn, *args, **kw)
+                if not done:
+                    bench.record_wall(self.root, str(run_dir), time.time() - t0)
+                return out
+
+        for model in profile["models"]:
+            cfg = pipeline_config(profile, model, run_dir, overrides)
+            self.pipes[model["name"]] = TimedPipeline(cfg, command=command)
+
+    # -- bookkeeping -------------------------------------------------------------------------------------
+
+    def record_wall(self, root: Path, stage_dir: str, seconds: float) -> None:
+        path = root / "stage_wall.json"
+        walls = json.loads(path.read_text()) if path.is_file() else {}
+        walls[stage_dir] = walls.get(stage_dir, 0.0) + seconds  # a resumed stage adds its second part
+        path.write_text(json.dumps(walls, indent=1))
+
+    def walls(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for pipe in self.pipes.values():
+            path = pipe.root / "stage_wall.json"
+            if path.is_file():
+                out.update(json.loads(path.read_text()))
+        return out
+
+    # -- the stages --------------------------------------------------------------------------------------
+
+    def pretrain(self) -> None:
+        for name, pipe in self.pipes.items():
+            pipe.root.mkdir(parents=True, exist_ok=True)
+            (pipe.root / "labels").mkdir(exist_ok=True)
+            self.pretrained[name] = pipe.pretrain()
+
+    def _tuned(self, stage: str, column: str, chosen: dict[str, Any] | None) -> dict[str, Any]:
+        if chosen is None:  # label seed 0: search
+            return {"lr_grid": LR_GRID[stage], "epochs_grid": EPOCHS_GRID[stage][column]}
+        return {"lr_grid": [chosen["chosen_lr_multiplier"]], "epochs_grid": [chosen["chosen_epochs"]]}
+
+    def rows(self, model: dict[str, Any]) -> None:
+        pipe, name = self.pipes[model["name"]], model["name"]
+        base_ft, base_sup = pipe.c.finetune, pipe.c.supervised
+        pretrained = self.pretrained[name]
+        rows = model["rows"]
+        small = next((m for m in self.profile["models"] if m["name"] != name), None)
+        for column in self.profile["columns"]:
+            chosen: dict[str, dict[str, Any] | None] = {"ft0": None, "ft1": None, "sup": None}
+            for seed in self.profile["seeds"]:
+                if "linear" in rows:
+                    pipe.linear_eval(pretrained, column, seed)
+                teacher = None
+                for layer in (0, 1):
+                    key = f"ft{layer}"
+                    if key not in rows:
+                        continue
+                    pipe.c.finetune = dataclasses.replace(
+                        base_ft, **self._tuned("finetune", column, chosen[key])
+                    )
+                    teacher = pipe.finetune(pretrained, column, layer, seed)
+                    chosen[key] = chosen[key] or pipe.records[-1]["results"]
+                if "sup" in rows:
+                    pipe.c.supervised = dataclasses.replace(
+                        base_sup, **self._tuned("supervised", column, chosen["sup"])
+                    )
+                    pipe.supervised(column, seed)
+                    chosen["sup"] = chosen["sup"] or pipe.records[-1]["results"]
+                if "self" in rows and teacher is not None:
+                    pipe.distill(teacher, column, "same", seed, pretrained)
+                if "small" in rows and teacher is not None and small is not None:
+                    pipe.distill(
+                        teacher, column, small["backbone"], seed, pretrained,
+                        student_init=self.pretrained[small["name"]],
+                    )  # fmt: skip
+            pipe.c.finetune, pipe.c.supervised = base_ft, base_sup
+            if column == "10%" and "sup100" in rows and chosen["sup"] is not None:
+                # Row 2: every label; the LR chosen on the 10% column's validation split.
+                pipe.c.supervised = dataclasses.replace(
+                    base_sup,
+                    lr_grid=[chosen["sup"]["chosen_lr_multiplier"]],
+                    epochs_grid=[FULL_SUPERVISED_EPOCHS],
+                )
+                pipe.supervised("100%", 0)
+                pipe.c.supervised = base_sup
+
+    def curve(self) -> None:
+        """Row 5 from the checkpoints kept along the large model's pretraining (same run, same schedule),
+        with the LR and epochs chosen for the final checkpoint (seed 0's validation split)."""
+        from simclrv2.engine.finetune import finetune
+        from simclrv2.engine.pipeline import labels_slug
+
+        name = self.profile["curve_model"]
+        if not name:
+            return
+        pipe = self.pipes[name]
+        final = {
+            rec["labels"]: rec["results"] for rec in pipe.records
+            if rec["kind"] == "finetune" and rec["results"].get("from_layer") == 1 and rec["seed"] == 0
+        }  # fmt: skip
+        for epoch in self.profile["curve_epochs"]:
+            ckpt = pipe.root / "pretrain" / f"epoch{epoch:04d}.pt"
+            for column in self.profile["curve_columns"]:
+                for seed in self.profile.get("curve_seeds", self.profile["seeds"]):
+                    run_dir = pipe.root / "curve" / f"epoch{epoch}" / labels_slug(column) / f"seed{seed}"
+                    cfg = dataclasses.replace(
+                        pipe.c.finetune, run_dir=str(run_dir), seed=seed, pretrained=str(ckpt),
+                        labels=column, from_layer=1, label_index_file=pipe.label_file(column, seed),
+                        **self._tuned("finetune", column, final[column]),
+                    )  # fmt: skip
+                    cfg.validate()
+                    pipe._run_stage(
+                        "curve", f"curve: fine-tune {column} from epoch-{epoch} checkpoint seed {seed}",
+                        run_dir, lambda resume, cfg=cfg: finetune(cfg, resume=resume),
+                        labels=column, seed=seed, pretrain_epoch=epoch,
+                    )  # fmt: skip
+
+    # -- results -----------------------------------------------------------------------------------------
+
+    def collect(self) -> dict[str, Any]:
+        from simclrv2.engine.pipeline import _mean_std, _top1, machine_description
+
+        p = self.profile
+        table: dict[str, dict[str, dict[str, float]]] = {}
+        runs: list[dict[str, Any]] = []
+        models: dict[str, Any] = {}
+        curve: dict[str, dict[str, dict[str, float]]] = {}
+        walls = self.walls()
+        for model in p["models"]:
+            pipe = self.pipes[model["name"]]
+            small = next((m for m in p["models"] if m["name"] != model["name"]), None)
+            is_curve_model = model["name"] == p["curve_model"]
+            curve_seeds = p.get("curve_seeds", p["seeds"])
+            cells: dict[str, dict[str, list[float]]] = {}
+            curve_cells: dict[str, dict[int, list[float]]] = {}
+            for rec in pipe.records:
+                top1 = _top1(rec["results"])
+                rec = {**rec, "model": model["name"], "wall_seconds": walls.get(rec["run_dir"])}
+                runs.append(rec)
+                if top1 is None:
+                    continue
+                kind, labels = rec["kind"], str(rec.get("labels"))
+                if kind == "linear_eval":
+                    row = ROWS["linear"]
+                elif kind == "finetune":
+                    row = ROWS[f"ft{rec['results']['from_layer']}"]
+                    if is_curve_model and rec["results"]["from_layer"] == 1 and rec["seed"] in curve_seeds:
+                        # the curve's last point: the final checkpoint, same seeds as the other points
+                        curve_cells.setdefault(labels, {}).setdefault(p["pretrain_epochs"], []).append(top1)
+                elif kind == "supervised":
+                    row = ROWS["sup100"] if labels == "100%" else ROWS["sup"]
+                elif kind == "distill":
+                    row = (
+                        ROWS["self"]
+                        if "self" in rec["run_dir"].split("/")
+                        else ROWS["small"].format(student=small["name"] if small else "a smaller student")
+                    )
+                elif kind == "curve":
+                    curve_cells.setdefault(labels, {}).setdefault(rec["pretrain_epoch"], []).append(top1)
+                    continue
+                else:
+                    continue
+                columns = p["columns"] if labels == "100%" else [labels]  # row 2 is one number
+                for col in columns:
+                    cells.setdefault(f"{model['name']}: {row}", {}).setdefault(col, []).append(top1)
+            for row in sorted(cells):
+                table[row] = {col: _mean_std(v) for col, v in cells[row].items()}
+            pre = next(r for r in pipe.records if r["kind"] == "pretrain")["results"]
+            models[model["name"]] = {
+                "backbone": model["backbone"],
+                "rows": model["rows"],
+                "pretrain": {k: pre.get(k) for k in ("knn", "online_probe", "images_per_sec", "step")},
+                "pretrain_config": dataclasses.asdict(pipe.c.pretrain),
+            }
+            if is_curve_model:
+                final_epoch = p["pretrain_epochs"]
+                for col, by_epoch in curve_cells.items():
+                    if col in p["curve_columns"]:
+                        curve[col] = {str(e): _mean_std(v) for e, v in sorted(by_epoch.items())}
+                knn = {}
+                per_epoch = (pre.get("total_steps") or pre["step"]) // final_epoch
+                for e in [*p["curve_epochs"], final_epoch]:
+                    knn[str(e)] = _knn_at_step(pipe.root / "pretrain" / "metrics.jsonl", e * per_epoch)
+                curve["kNN (all labels)"] = {
+                    e: {"mean": v, "std": 0.0, "n": 1} for e, v in knn.items() if v is not None
+                }
+        stage_seconds = sum(walls.values())
+        return {
+            "benchmark": "label_efficiency",
+            "dataset": "fashion-mnist",
+            "profile": {k: v for k, v in p.items()},
+            "command": self.command,
+            "columns": p["columns"],
+            "table": table,
+            "curve": curve,
+            "models": models,
+            "grids": {"lr": LR_GRID, "epochs": EPOCHS_GRID, "full_supervised_epochs": FULL_SUPERVISED_EPOCHS},
+            "common_settings": COMMON,
+            "wall_seconds": {"stages_total": stage_seconds},
+            "machine": machine_description(),
+            "runs": runs,
+        }
+
+
+def _knn_at_step(metrics: Path, step: int) -> float | None:
+    """kNN top-1 logged by pretraining at ``step`` (None when it was not evaluated there)."""
+    if not metrics.is_file():
+        return None
+    best = None
+    for line in metrics.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "knn_top1" in rec and rec.get("step") == step:
+            best = rec["knn_top1"]
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    parser.add_argument("--run-dir", help="where every stage runs (default: the profile's)")
+    parser.add_argument("--only-pretrain", action="store_true", help="pretrain every model size, then stop")
+    parser.add_argument(
+        "--out",
+        help="results JSON (default: benchmarks/results/label_efficiency_<data>.json "
+        "for the full profile, <run-dir>/label_efficiency.json otherwise)",
+    )
+    parser.add_argument(
+        "--readme", action=argparse.BooleanOptionalAction, default=None,
+        help="write the table into README.md (default: only for the full profile with default settings)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="pipeline setting for every model size, e.g. --set pretrain.epochs=20",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    profile = copy.deepcopy(PROFILES[args.profile])
+    run_dir = Path(args.run_dir or profile["run_dir"])
+    command = " ".join(
+        ["python", "benchmarks/label_efficiency.py", *(sys.argv[1:] if argv is None else argv)]
+    )
+    bench = Bench(profile, run_dir, args.overrides, command)
+    t0 = time.time()
+    bench.pretrain()
+    if args.only_pretrain:
+        print(f"pretrained in {time.time() - t0:.0f} s")
+        return 0
+    for model in profile["models"]:
+        bench.rows(model)
+    bench.curve()
+    results = bench.collect()
+    results["wall_seconds"]["this_invocation"] = time.time() - t0
+    results["claims"] = claims(results)
+    official = args.profile == "full" and not args.overrides and args.run_dir is None
+    out = Path(args.out) if args.out else (
+        RESULTS / "label_efficiency_fashion_mnist.json" if official else run_dir / "label_efficiency.json"
+    )  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    chart = plot(results, out.with_suffix(".png"))
+    print(markdown(results))
+    for c in results["claims"]:
+        print(f"{'holds' if c['holds'] else 'does not hold'}: {c['claim']}: {c['detail']}")
+    print(f"results: {out}\nchart: {chart}")
+    if args.readme or (args.readme is None and official):
+        write_readme(results, README)
+    return 0
+
+
+# -- the chart and the tables ------------------------------------------------------------------------------
+
+COLUMN_LABELS = {"10/class": 100, "1%": 600, "10%": 6000}
+
+
+def _labels_count(column: str) -> int:
+    return COLUMN_LABELS.get(column, 0)
+
+
+def plot(results: dict[str, Any], path: Path) -> Path:
+    """Left: top-1 against the number of labels (log axis), one line per row, error bars = std over seeds.
+    Right: row 5 (and kNN) against pretraining epochs."""
+    from simclrv2.report import _new_figure, _palette, _save
+
+    table, columns = results["table"], results["columns"]
+    curve = results.get("curve") or {}
+    fig = _new_figure(13.0 if curve else 8.0, 5.2)
+    ax = fig.add_subplot(1, 2 if curve else 1, 1)
+    xs = [_labels_count(c) for c in columns]
+    models = results["profile"]["models"]
+    small_name = models[1]["name"] + ":" if len(models) > 1 else None  # drawn dotted
+    for i, (row, cells) in enumerate(table.items()):
+        pts = [(x, cells[c]["mean"], cells[c]["std"]) for x, c in zip(xs, columns, strict=True) if c in cells]
+        if not pts:
+            continue
+        style = "--" if ": 2." in row else (":" if small_name and row.startswith(small_name) else "-")
+        ax.errorbar(
+            [q[0] for q in pts], [q[1] for q in pts], yerr=[q[2] for q in pts], label=row, color=_palette(i),
+            linestyle=style, marker="o", capsize=3,
+        )  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xticks(xs, [f"{c}\n({x} labels)" for c, x in zip(columns, xs, strict=True)])
+    ax.minorticks_off()
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title("Fashion-MNIST: top-1 against labels (mean ± std over label seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.16), ncol=2)
+    if curve:
+        ax2 = fig.add_subplot(1, 2, 2)
+        for i, (name, by_epoch) in enumerate(curve.items()):
+            es = sorted(by_epoch, key=int)
+            label = name if name.startswith("kNN") else f"row 5, {name}"
+            ax2.errorbar(
+                [int(e) for e in es], [by_epoch[e]["mean"] for e in es],
+                yerr=[by_epoch[e]["std"] for e in es], marker="o", capsize=3, label=label, color=_palette(i),
+            )  # fmt: skip
+        ax2.set_xlabel("pretraining epochs (checkpoints of one run)")
+        ax2.set_ylabel("test top-1 (%)")
+        ax2.set_title(f"{results['profile']['curve_model']}: accuracy against pretraining")
+        ax2.grid(alpha=0.3)
+        ax2.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _cell(cell: dict[str, float] | None) -> str:
+    if cell is None:
+        return "–"
+    return f"{cell['mean']:.1f} ± {cell['std']:.1f}" if cell["n"] > 1 else f"{cell['mean']:.1f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    cols = results["columns"]
+    lines = ["| model: row | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for row, cells in results["table"].items():
+        lines.append(f"| {row} | " + " | ".join(_cell(cells.get(c)) for c in cols) + " |")
+    if results.get("curve"):
+        epochs = sorted({int(e) for v in results["curve"].values() for e in v})
+        lines += ["", "| pretraining epochs | " + " | ".join(map(str, epochs)) + " |",
+                  "|---|" + "---:|" * len(epochs)]  # fmt: skip
+        for name, by_epoch in results["curve"].items():
+            label = name if name.startswith("kNN") else f"row 5, {name}"
+            lines.append(f"| {label} | " + " | ".join(_cell(by_epoch.get(str(e))) for e in epochs) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def claims(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The four claims of SPEC section 7 and the issue's targets, each checked against the table."""
+    table, columns = results["table"], results["columns"]
+    models = [m["name"] for m in results["profile"]["models"]]
+    big = models[0]
+    small = models[1] if len(models) > 1 else None
+
+    def mean(model: str | None, key: str, col: str) -> float | None:
+        if model is None:
+            return None
+        for row, cells in table.items():
+            if row.startswith(f"{model}: {ROWS[key].split('{')[0]}") and col in cells:
+                return float(cells[col]["mean"])
+        return None
+
+    out: list[dict[str, Any]] = []
+
+    def check(
+        name: str, pairs: list[tuple[str, float | None, float | None]], margin: float | None = None
+    ) -> None:
+        """Holds when a > b in every column (a - b >= margin when a margin is given)."""
+        parts, holds = [], []
+        for col, a, b in pairs:
+            if a is None or b is None:
+                continue
+            holds.append(a - b > 0 if margin is None else a - b >= margin)
+            parts.append(f"{col}: {a:.1f} vs {b:.1f} ({a - b:+.1f})")
+        if parts:
+            out.append({"claim": name, "holds": all(holds), "detail": "; ".join(parts)})
+
+    small_cols = [c for c in columns if c != "10%"]
+    check("(a) the bigger pretrained model is more label-efficient (row 5, " f"{big} vs {small})",
+          [(c, mean(big, "ft1", c), mean(small, "ft1", c)) for c in columns])  # fmt: skip
+    for m in filter(None, (big, small)):
+        check(f"(b) {m}: fine-tuning from head layer 1 beats layer 0 (row 5 vs 4), smaller label counts",
+              [(c, mean(m, "ft1", c), mean(m, "ft0", c)) for c in small_cols])  # fmt: skip
+    check("(c) self-distillation does not lose to the fine-tuned teacher (row 6 >= row 5)",
+          [(c, mean(big, "self", c), mean(big, "ft1", c)) for c in columns], margin=0.0)  # fmt: skip
+    check(f"(c) distillation transfers the teacher to the smaller {small} (row 7 vs {small}'s own row 5)",
+          [(c, mean(big, "small", c), mean(small, "ft1", c)) for c in columns])  # fmt: skip
+    best = {c: max(filter(None, (mean(big, k, c) for k in ("ft1", "self", "small"))), default=None)
+            for c in columns}  # fmt: skip
+    check(
+        "(d) at 10% labels the best of rows 5-7 is within 2 points of supervised on 100% (row 2)",
+        [(c, best[c], (mean(big, "sup100", c) or 0) - 2.0) for c in columns if c == "10%"],
+        margin=0.0,
+    )
+    check(
+        "target: at 10 labels/class row 5 beats row 1 by >= 10 points",
+        [("10/class", mean(big, "ft1", "10/class"), mean(big, "sup", "10/class"))],
+        margin=10.0,
+    )
+    check("target: at 1% row 5 beats row 1", [("1%", mean(big, "ft1", "1%"), mean(big, "sup", "1%"))])
+    return out
+
+
+def write_readme(results: dict[str, Any], readme: Path) -> None:
+    """Replace the README's table (between the markers) with this run's."""
+    m = results["machine"]
+    minutes = results["wall_seconds"]["stages_total"] / 60
+    block = (
+        f"{MARK_BEGIN}\n_`{results['command']}` on {m['cpu']} ({m['threads']} threads), torch {m['torch']}: "
+        f"{minutes:.0f} min of stage wall time. Test top-1 % on the 10,000 test images, mean ± std over "
+        f"label seeds {results['profile']['seeds']}; generated from "
+        "`benchmarks/results/label_efficiency_fashion_mnist.json`._\n\n"
+        + markdown(results)
+        + "\n"
+        + "".join(
+            f"- {'**holds**' if c['holds'] else '**does not hold**'}: {c['claim']}. {c['detail']}.\n"
+            for c in results.get("claims", [])
+        )
+        + MARK_END
+    )
+    text = readme.read_text()
+    if MARK_BEGIN in text and MARK_END in text:
+        head, rest = text.split(MARK_BEGIN, 1)
+        text = head + block + rest.split(MARK_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    readme.write_text(text)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
