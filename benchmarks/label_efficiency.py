@@ -280,7 +280,10 @@ class Bench:
             curve_cells: dict[str, dict[int, list[float]]] = {}
             for rec in pipe.records:
                 top1 = _top1(rec["results"])
-                rec = {**rec, "model": model["name"], "wall_seconds": walls.get(rec["run_dir"])}
+                wall = walls.get(rec["run_dir"])
+                if wall is None and rec["kind"] == "pretrain":  # pretrained by an earlier driver version
+                    wall = rec["results"].get("wall_seconds")
+                rec = {**rec, "model": model["name"], "wall_seconds": wall}
                 runs.append(rec)
                 if top1 is None:
                     continue
@@ -329,7 +332,7 @@ class Bench:
                 curve["kNN (all labels)"] = {
                     e: {"mean": v, "std": 0.0, "n": 1} for e, v in knn.items() if v is not None
                 }
-        stage_seconds = sum(walls.values())
+        stage_seconds = sum(r["wall_seconds"] or 0.0 for r in runs)
         return {
             "benchmark": "label_efficiency",
             "dataset": "fashion-mnist",
