@@ -104,6 +104,8 @@ class TrainSettings:
     """Stored in every checkpoint (e.g. the architecture, so a later stage can rebuild the model)."""
     write_config: bool = True
     show_progress: bool = True
+    eval_name: str = "test"
+    """What the evaluation set is, for the log line ("validation" for a hyper-parameter search's runs)."""
 
     @classmethod
     def from_config(
@@ -120,6 +122,7 @@ class TrainSettings:
         extra: dict[str, Any],
         show_progress: bool = True,
         run_dir: Path | None = None,
+        eval_name: str = "test",
     ) -> TrainSettings:
         """Settings from a stage config with the common keys (Finetune-, Supervised-, DistillConfig);
         the arguments are what the stage resolved itself."""
@@ -146,6 +149,7 @@ class TrainSettings:
             config=config,
             extra=extra,
             show_progress=show_progress,
+            eval_name=eval_name,
         )
 
 
@@ -530,7 +534,8 @@ class ClassifierTrainer:
             "checkpoint": str(self.checkpoint_path),
         }
         if metrics:
-            echo(f"{self.s.stage}: test top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}%")
+            top = f"top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}%"
+            echo(f"{self.s.stage}: {self.s.eval_name} {top}")
         write_json(self.run_dir / "results.json", results)
         distributed.barrier()  # the checkpoint and results exist for every rank's next stage
         return results

@@ -110,6 +110,7 @@ def _train_once(
     resume: bool,
     show_progress: bool,
     extra: dict[str, Any],
+    eval_name: str = "test",
 ) -> dict[str, Any]:
     seed_everything(config.seed)  # every grid candidate and the final run start from the same state
     model = build_model(arch)
@@ -131,6 +132,7 @@ def _train_once(
         peak_lr=peak_lr,
         extra={"arch": arch, "num_labeled": len(train), "lr_multiplier": lr_multiplier, **extra},
         show_progress=show_progress,
+        eval_name=eval_name,
     )
     trainer = ClassifierTrainer(settings, model, train, evaluate_on)
     return trainer.run(resume, extra_results={"lr_multiplier": lr_multiplier, "num_train": len(train)})
@@ -180,7 +182,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, show_progress: bool =
         def train_candidate(sub: Path, mult: float, ep: int) -> dict[str, Any]:
             return _train_once(
                 config, pre, arch, sub, subset_data(train_full, tr_idx), subset_data(train_full, val_idx),
-                mult, ep, device, precision, (sub / "last.pt").exists(), show_progress, extra,
+                mult, ep, device, precision, (sub / "last.pt").exists(), show_progress, extra, "validation",
             )  # fmt: skip
 
         (lr_multiplier, epochs), record = choose_on_validation(run_dir, grid, train_candidate, say, STAGE)

@@ -145,8 +145,9 @@ class Pipeline:
         pretrained: Path,
         student_init: Path | None = None,
     ) -> None:
-        """Distil ``teacher`` into ``student``; a self-distilled student starts from ``pretrained`` when
-        ``distill_init`` says so, any student from ``student_init`` when given (a checkpoint of its backbone)."""
+        """Distil ``teacher`` into ``student``. A self-distilled student starts from ``pretrained`` when
+        ``distill_init`` says so; any student starts from ``student_init`` when given (a checkpoint of its
+        backbone)."""
         from simclrv2.engine.distill import distill
 
         slug = "self" if student == "same" else student

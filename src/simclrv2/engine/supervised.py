@@ -48,6 +48,7 @@ def _train_once(
     precision: str,
     resume: bool,
     show_progress: bool,
+    eval_name: str = "test",
 ) -> dict[str, Any]:
     seed_everything(config.seed)  # every grid point and the final run start from the same initial weights
     model = build_model(arch).to(device)
@@ -67,6 +68,7 @@ def _train_once(
         peak_lr=peak_lr,
         extra={"arch": arch, "lr_multiplier": lr_multiplier, "num_labeled": len(train)},
         show_progress=show_progress,
+        eval_name=eval_name,
     )
     trainer = ClassifierTrainer(settings, model, train, evaluate_on)
     return trainer.run(resume, extra_results={"lr_multiplier": lr_multiplier, "num_train": len(train)})
@@ -101,7 +103,7 @@ def supervised(config: SupervisedConfig, resume: bool = False, show_progress: bo
     def train_candidate(sub: Path, mult: float, ep: int) -> dict[str, Any]:
         return _train_once(
             config, arch, sub, subset_data(train_full, tr_idx), subset_data(train_full, val_idx), mult,
-            ep, device, precision, (sub / "last.pt").exists(), show_progress,
+            ep, device, precision, (sub / "last.pt").exists(), show_progress, "validation",
         )  # fmt: skip
 
     (best, epochs), record = choose_on_validation(run_dir, grid, train_candidate, say, STAGE)
