@@ -99,7 +99,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "run_dir": "runs/label_efficiency_fast",
         "columns": ["10/class"],
         "seeds": [0],
-        "pretrain_epochs": 2,
+        "pretrain_epochs": 5,
         "curve_epochs": [],
         "models": [{"name": "r18_0.25x", "backbone": "r18_0.25x_sk0", "rows": ["ft1", "sup"]}],
         "curve_model": None,
