@@ -19,7 +19,7 @@ interrupted benchmark continues where it stopped when the same command is run ag
 stage is recorded when it runs).
 
     python benchmarks/label_efficiency.py                 # the whole table (about 2 hours on 2 CPU cores)
-    python benchmarks/label_efficiency.py --profile fast  # one seed, 10 labels/class, minutes (CI test)
+    python benchmarks/label_efficiency.py --profile fast  # 1 seed, 10 labels/class, ~10 min (CI test)
 """
 
 from __future__ import annotations

@@ -196,6 +196,7 @@ def _worker(rank: int, world_size: int, port: int, root: str) -> None:
     pretrain(_pretrain_cfg(r / "resume_1to2"), resume=True)  # a 1-process checkpoint, finished by 2 ranks
     _uneven_eval(r)
     _global_bn(rank, world_size, r)
+    torch.distributed.barrier()  # no rank tears down while another still talks to it (rank 0 hosts the store)
     torch.distributed.destroy_process_group()
 
 
