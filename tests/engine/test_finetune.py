@@ -96,3 +96,10 @@ def test_finetune_chooses_lr_and_epochs_on_a_validation_split(
     )
     # The final run trains on every labeled image for the chosen number of epochs.
     assert res["num_train"] == labeled and res["epochs"] == res["chosen_epochs"]
+
+
+def test_resume_without_a_checkpoint_or_an_interrupted_search_is_refused(
+    pretrained_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*_ft(pretrained_checkpoint, tmp_path / "none"), "--resume"]) == 2
+    assert "no checkpoint at" in capsys.readouterr().err

@@ -147,7 +147,7 @@ def finetune(config: FinetuneConfig, resume: bool = False, show_progress: bool =
     then trained on the whole subset and tested."""
     distributed.init_from_env(device_type(config.device))
     run_dir = Path(config.run_dir)
-    if not resume:  # with --resume the run may have stopped during the grid, before run_dir/last.pt existed
+    if not (resume and (run_dir / "grid").is_dir()):  # a search may stop before run_dir/last.pt exists
         check_run_dir(run_dir, resume)
     pre = load_checkpoint(config.pretrained, stage="pretrain")
     pconf = pre["config"]["model"]

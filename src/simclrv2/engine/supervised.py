@@ -78,7 +78,7 @@ def supervised(config: SupervisedConfig, resume: bool = False, show_progress: bo
     """Choose the LR on a validation split of the labeled subset, retrain on all of it, test once."""
     distributed.init_from_env(device_type(config.device))
     run_dir = Path(config.run_dir)
-    if not resume:  # with --resume the run may have stopped during the grid, before run_dir/last.pt existed
+    if not (resume and (run_dir / "grid").is_dir()):  # a search may stop before run_dir/last.pt exists
         check_run_dir(run_dir, resume)
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
