@@ -52,7 +52,7 @@ from simclrv2.engine.runtime import (
     step_generator,
     write_json,
 )
-from simclrv2.optim import LARS, param_groups, set_learning_rate, warmup_cosine
+from simclrv2.optim import LARS, param_groups, scale_learning_rate, set_learning_rate, warmup_cosine
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -151,6 +151,48 @@ class TrainSettings:
             show_progress=show_progress,
             eval_name=eval_name,
         )
+
+
+def train_and_evaluate(
+    config: Any,
+    stage: str,
+    model: nn.Module,
+    run_dir: Path,
+    train: ImageData,
+    evaluate_on: ImageData | None,
+    lr_multiplier: float,
+    epochs: int,
+    device: torch.device,
+    precision: str,
+    resume: bool,
+    show_progress: bool,
+    extra: dict[str, Any],
+    eval_name: str = "test",
+) -> dict[str, Any]:
+    """One classifier run of a stage config (fine-tuning, supervised): ``model`` to the device (channels-last
+    if asked), the batch fitted to ``train``, the config's scaled LR times ``lr_multiplier``, then
+    :meth:`ClassifierTrainer.run`. A validation search calls it per candidate (``eval_name="validation"``)."""
+    model = model.to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    batch = fit_batch_size(config.batch_size, len(train), stage)
+    peak_lr = lr_multiplier * scale_learning_rate(config.optim.base_lr, batch, config.optim.lr_scaling)
+    settings = TrainSettings.from_config(
+        config,
+        stage=stage,
+        run_dir=run_dir,
+        train=train,
+        device=device,
+        precision=precision,
+        batch_size=batch,
+        epochs=epochs,
+        peak_lr=peak_lr,
+        extra={"lr_multiplier": lr_multiplier, "num_labeled": len(train), **extra},
+        show_progress=show_progress,
+        eval_name=eval_name,
+    )
+    trainer = ClassifierTrainer(settings, model, train, evaluate_on)
+    return trainer.run(resume, extra_results={"lr_multiplier": lr_multiplier, "num_train": len(train)})
 
 
 def make_optimizer(

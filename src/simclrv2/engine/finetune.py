@@ -18,7 +18,7 @@ from simclrv2.checkpoint import CheckpointError, load_checkpoint, load_state_che
 from simclrv2.config import FinetuneConfig
 from simclrv2.data import ImageData, load_dataset
 from simclrv2.data.subsets import default_epochs, resolve_label_indices, split_validation, subset_data
-from simclrv2.engine.classify import ClassifierTrainer, TrainSettings, check_run_dir, fit_batch_size
+from simclrv2.engine.classify import check_run_dir, train_and_evaluate
 from simclrv2.engine.memory import pretrained_state
 from simclrv2.engine.runtime import (
     device_type,
@@ -30,7 +30,6 @@ from simclrv2.engine.runtime import (
 )
 from simclrv2.engine.tuning import candidates, choose_on_validation
 from simclrv2.models import FineTuneModel, ProjectionHead, create_backbone, load_pretrained_into
-from simclrv2.optim import scale_learning_rate
 
 __all__ = ["build_model_from_checkpoint", "finetune", "load_split_pair", "model_arch"]
 
@@ -115,27 +114,10 @@ def _train_once(
     seed_everything(config.seed)  # every grid candidate and the final run start from the same state
     model = build_model(arch)
     load_pretrained_into(model, pretrained_state(pre, config.use_ema, config.pretrained))
-    model = model.to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    batch = fit_batch_size(config.batch_size, len(train), STAGE)
-    peak_lr = lr_multiplier * scale_learning_rate(config.optim.base_lr, batch, config.optim.lr_scaling)
-    settings = TrainSettings.from_config(
-        config,
-        stage=STAGE,
-        run_dir=run_dir,
-        train=train,
-        device=device,
-        precision=precision,
-        batch_size=batch,
-        epochs=epochs,
-        peak_lr=peak_lr,
-        extra={"arch": arch, "num_labeled": len(train), "lr_multiplier": lr_multiplier, **extra},
-        show_progress=show_progress,
-        eval_name=eval_name,
-    )
-    trainer = ClassifierTrainer(settings, model, train, evaluate_on)
-    return trainer.run(resume, extra_results={"lr_multiplier": lr_multiplier, "num_train": len(train)})
+    return train_and_evaluate(
+        config, STAGE, model, run_dir, train, evaluate_on, lr_multiplier, epochs, device, precision, resume,
+        show_progress, {"arch": arch, **extra}, eval_name,
+    )  # fmt: skip
 
 
 def finetune(config: FinetuneConfig, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from simclrv2 import distributed
 from simclrv2.config import SupervisedConfig, save_config
 from simclrv2.data import ImageData
 from simclrv2.data.subsets import default_epochs, resolve_label_indices, split_validation, subset_data
-from simclrv2.engine.classify import ClassifierTrainer, TrainSettings, check_run_dir, fit_batch_size
+from simclrv2.engine.classify import check_run_dir, train_and_evaluate
 from simclrv2.engine.finetune import build_model, load_split_pair, model_arch
 from simclrv2.engine.runtime import (
     device_type,
@@ -29,7 +29,6 @@ from simclrv2.engine.runtime import (
     write_json,
 )
 from simclrv2.engine.tuning import candidates, choose_on_validation
-from simclrv2.optim import scale_learning_rate
 
 __all__ = ["supervised"]
 
@@ -51,27 +50,10 @@ def _train_once(
     eval_name: str = "test",
 ) -> dict[str, Any]:
     seed_everything(config.seed)  # every grid point and the final run start from the same initial weights
-    model = build_model(arch).to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    batch = fit_batch_size(config.batch_size, len(train), STAGE)
-    peak_lr = lr_multiplier * scale_learning_rate(config.optim.base_lr, batch, config.optim.lr_scaling)
-    settings = TrainSettings.from_config(
-        config,
-        stage=STAGE,
-        run_dir=run_dir,
-        train=train,
-        device=device,
-        precision=precision,
-        batch_size=batch,
-        epochs=epochs,
-        peak_lr=peak_lr,
-        extra={"arch": arch, "lr_multiplier": lr_multiplier, "num_labeled": len(train)},
-        show_progress=show_progress,
-        eval_name=eval_name,
-    )
-    trainer = ClassifierTrainer(settings, model, train, evaluate_on)
-    return trainer.run(resume, extra_results={"lr_multiplier": lr_multiplier, "num_train": len(train)})
+    return train_and_evaluate(
+        config, STAGE, build_model(arch), run_dir, train, evaluate_on, lr_multiplier, epochs, device,
+        precision, resume, show_progress, {"arch": arch}, eval_name,
+    )  # fmt: skip
 
 
 def supervised(config: SupervisedConfig, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
