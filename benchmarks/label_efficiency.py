@@ -132,8 +132,16 @@ def pipeline_config(profile: dict[str, Any], model: dict[str, Any], run_dir: Pat
 class Bench:
     """Drives one :class:`Pipeline` per model size and keeps every stage's wall time across reruns."""
 
-    def __init__(self, profile: dict[str, Any], run_dir: Path, overrides: list[str], command: str) -> None:
+    def __init__(
+        self,
+        profile: dict[str, Any],
+        run_dir: Path,
+        overrides: list[str],
+        command: str,
+        skip_rows: tuple[str, ...] = (),
+    ) -> None:
         self.profile = profile
+        self.skip_rows = skip_rows
         self.run_dir = run_dir
         self.command = command
         self.pipes: dict[str, Any] = {}
@@ -188,7 +196,7 @@ class Bench:
         pipe, name = self.pipes[model["name"]], model["name"]
         base_ft, base_sup = pipe.c.finetune, pipe.c.supervised
         pretrained = self.pretrained[name]
-        rows = model["rows"]
+        rows = [r for r in model["rows"] if r not in self.skip_rows]
         small = next((m for m in self.profile["models"] if m["name"] != name), None)
         for column in self.profile["columns"]:
             chosen: dict[str, dict[str, Any] | None] = {"ft0": None, "ft1": None, "sup": None}
@@ -373,6 +381,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", help="where every stage runs (default: the profile's)")
     parser.add_argument("--only-pretrain", action="store_true", help="pretrain every model size, then stop")
     parser.add_argument(
+        "--skip-rows", default="", metavar="KEYS",
+        help=f"comma-separated rows not to run this time ({', '.join(ROWS)}), e.g. self,small to train the "
+        "teachers that benchmarks/distill_ablation.py needs first; run again without it to finish",
+    )  # fmt: skip
+    parser.add_argument(
         "--out",
         help="results JSON (default: benchmarks/results/label_efficiency_<data>.json "
         "for the full profile, <run-dir>/label_efficiency.json otherwise)",
@@ -391,7 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(
         ["python", "benchmarks/label_efficiency.py", *(sys.argv[1:] if argv is None else argv)]
     )
-    bench = Bench(profile, run_dir, args.overrides, command)
+    skip = tuple(k for k in args.skip_rows.split(",") if k)
+    unknown = [k for k in skip if k not in ROWS]
+    if unknown:
+        parser.error(f"--skip-rows: unknown rows {unknown}; choose from {', '.join(ROWS)}")
+    bench = Bench(profile, run_dir, args.overrides, command, skip)
     t0 = time.time()
     bench.pretrain()
     if args.only_pretrain:
@@ -400,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     for model in profile["models"]:
         bench.rows(model)
     bench.curve()
+    if skip:
+        print(f"skipped rows {', '.join(skip)}: run again without --skip-rows for the results")
+        return 0
     results = bench.collect()
     results["wall_seconds"]["this_invocation"] = time.time() - t0
     results["claims"] = claims(results)

@@ -76,7 +76,7 @@ from simclrv2.engine.pretrain import (
     contrastive_step,
     prepare,
 )
-from simclrv2.engine.runtime import seed_everything
+from simclrv2.engine.runtime import cpu_has_fast_bf16, seed_everything
 from simclrv2.losses import nt_xent
 from simclrv2.optim import param_groups, set_learning_rate, warmup_cosine
 
@@ -272,6 +272,12 @@ def measure_peak(device: torch.device, smoke: bool = False) -> dict[str, Any]:
         f"channels-last), best of {repeats} runs",
     }
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        if name == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
+            # Without AVX512-BF16/AMX (or with oneDNN capped below them) bf16 is only emulated: timing its
+            # large matmul took over 10 minutes on a 2-core AVX2 VM, and no path of ours runs bf16 there.
+            out["bf16"] = None
+            out["bf16_skipped"] = "not measured: this CPU only emulates bf16 (no AVX512-BF16 or AMX)"
+            continue
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
         mm = 2 * n**3 / _best_seconds(lambda a=a, b=b: a @ b, repeats, device)
@@ -719,7 +725,7 @@ def attach_flops(result: dict[str, Any], peak: dict[str, Any]) -> None:
         p["achieved_gflops"] = achieved / 1e9
         dtype = "bf16" if p.get("precision") == "bf16" else "fp32"
         p["peak_dtype"] = dtype
-        p["fraction_of_peak"] = achieved / 1e9 / peak[dtype]["peak_gflops"]
+        p["fraction_of_peak"] = achieved / 1e9 / peak[dtype]["peak_gflops"] if peak.get(dtype) else None
 
 
 # --- modes -----------------------------------------------------------------------------------------------
@@ -1165,7 +1171,11 @@ def table(result: dict[str, Any]) -> str:
         if peak:
             text += (
                 f"\nMeasured peak ({peak['method']}): fp32 {peak['fp32']['peak_gflops']:,.0f} GFLOP/s, "
-                f"bf16 {peak['bf16']['peak_gflops']:,.0f} GFLOP/s.\n"
+                + (
+                    f"bf16 {peak['bf16']['peak_gflops']:,.0f} GFLOP/s.\n"
+                    if peak.get("bf16")
+                    else f"bf16 {peak.get('bf16_skipped', 'not measured')}.\n"
+                )
             )
         if "ratio" in result:
             text += f"\n**ours / reference = {result['ratio']:.2f}x** (ratio of the medians).\n"
@@ -1225,6 +1235,8 @@ def table(result: dict[str, Any]) -> str:
             for p in (ref, ours):
                 conv = p["categories"]["convolution forward"] + p["categories"]["convolution backward"]
                 dtype = "bf16" if p["precision"] == "bf16" else "fp32"
+                if not peak.get(dtype):
+                    continue
                 rate = p["flops_per_step"] / conv / 1e9 if conv else math.nan
                 text += (
                     f"\n{p['label']}: convolutions (+ the small head/loss matmuls) run at {rate:,.0f} GFLOP/s"
@@ -1406,6 +1418,8 @@ def _run_mode(args: argparse.Namespace, argv: list[str], ours: PathSpec) -> int:
     if peak is not None:  # again after the run: a burst of load from elsewhere only ever lowers a measurement
         after = measure_peak(device, args.smoke)
         for dtype in ("fp32", "bf16"):
+            if not peak.get(dtype):
+                continue
             for key in ("matmul_gflops", "conv1x1_gflops", "peak_gflops"):
                 peak[dtype][key] = max(peak[dtype][key], after[dtype][key])
         peak["method"] += ", before and after the run (the higher)"

@@ -166,3 +166,33 @@ def test_write_report_links_existing_figures(tmp_path: Path) -> None:
     assert "figure missing" in text
     assert "## Machine\n\n2 CPU cores, no GPU." in text
     assert text.index("## Results") < text.index("## Figures") < text.index("## Machine")
+
+
+def test_a_not_trained_cell_shows_its_note_and_the_summary_sits_under_the_table(tmp_path: Path) -> None:
+    table = {"Fine-tuned (layer 1)": {"1%": 80.0}, "Supervised (labels only)": {"1%": "not trained"}}
+    assert "| Supervised (labels only) | not trained |" in markdown_table(table, ["1%"])
+    plot_label_efficiency(table, tmp_path / "chart.png", columns=["1%"])  # the note is not drawn as a bar
+    text = write_report(
+        tmp_path, title="t", table=table, columns=["1%"], figures={}, summary="One sentence on the table."
+    ).read_text()
+    assert text.index("| Supervised") < text.index("**One sentence on the table.**") < len(text)
+
+
+def test_summary_sentence_says_where_pretraining_beats_supervised_and_by_how_much() -> None:
+    from simclrv2.engine.pipeline import summary_sentence
+
+    table = {
+        "Fine-tuned (layer 1)": {"10/class": {"mean": 71.2}, "1%": {"mean": 80.0}, "10%": {"mean": 84.0}},
+        "Supervised (labels only)": {"10/class": {"mean": 45.3}, "1%": {"mean": 79.5}, "10%": {"mean": 86.1}},
+    }
+    text = summary_sentence(table, ["10/class", "1%", "10%"], "Fine-tuned (layer 1)")
+    assert text == (
+        "Pretraining without labels, then fine-tuning from head layer 1, beats the same network trained on "
+        "the labels alone at 10/class (71.2% vs 45.3%, +25.9 points) and 1% (80.0% vs 79.5%, +0.5 points), "
+        "but does not beat it at 10% (84.0% vs 86.1%, -2.1 points)."
+    )
+    table["Supervised (labels only)"]["10/class"]["trained"] = False  # stayed at chance: no comparison
+    text = summary_sentence(table, ["10/class", "1%", "10%"], "Fine-tuned (layer 1)")
+    assert "10/class (71" not in text and text.endswith(
+        "; no comparison at 10/class (a row missing or not trained)."
+    )

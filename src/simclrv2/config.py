@@ -83,8 +83,9 @@ class OptimConfig:
     """sqrt (base * sqrt(B), SimCLRv2), linear (base * B / 256) or none."""
     weight_decay: float = 1e-4
     momentum: float = 0.9
-    warmup_epochs: float = 10.0
-    """Linear warmup length in epochs (may be fractional); then cosine decay to zero."""
+    warmup_epochs: float = 5.0
+    """Linear warmup length in epochs (may be fractional); then cosine decay to zero. Pretraining's 5 is the
+    paper's 5% of the default 100 epochs (SPEC 4; set 40 for 800)."""
 
 
 @dataclass
@@ -380,8 +381,11 @@ class DistillConfig:
     """The fine-tuned teacher's checkpoint (``last.pt`` of a finetune run)."""
     student: str = "same"
     """``same`` = the teacher's backbone (self-distillation), or a backbone name such as r18_0.5x_sk0."""
-    student_init: str | None = None
-    """Initialise the student's backbone from this checkpoint (pretrain/finetune/distill); None = scratch."""
+    student_init: str | None = "auto"
+    """The student's backbone at the start: ``scratch`` (or None; the paper, for its 400-epoch students),
+    ``teacher`` (the fine-tuned teacher's backbone; self-distillation only), ``auto`` (``teacher`` for a
+    self-distilled student on a small budget, up to 10 epochs, else scratch: docs/distillation.md), or the
+    path of a pretrain/finetune/distill checkpoint whose backbone fits the student."""
     temperature: float | None = None
     """Softmax temperature for teacher and student; None = 0.1 for self-distillation, 1.0 big-to-small."""
     alpha: float = 1.0
@@ -389,7 +393,9 @@ class DistillConfig:
     exclude_labeled: bool = False
     """Train the student on the unlabeled images only (the teacher's labeled subset left out); the paper
     uses the whole training set."""
-    epochs: int = 100
+    epochs: float = 100
+    """Passes over the training images; fractions allowed (e.g. 0.5 for a quick student started from the
+    teacher)."""
     batch_size: int = 256
     max_steps: int | None = None
     crop_min_scale: float = 0.08
@@ -445,9 +451,11 @@ class PipelineConfig:
     """Teacher for distillation: the fine-tuned model from this head layer."""
     distill_students: list[str] = field(default_factory=lambda: ["same"])
     """``same`` = self-distillation; add backbone names for big-to-small; [] = no distillation."""
-    distill_init: str = "scratch"
-    """Self-distillation student's backbone: ``scratch`` (the paper) or ``pretrained`` (the pretraining
-    checkpoint's backbone: far cheaper to train; smaller students always start from scratch)."""
+    distill_init: str = "auto"
+    """Self-distillation student's backbone: ``scratch`` (the paper), ``pretrained`` (the pretraining
+    checkpoint's backbone), ``teacher`` (the fine-tuned teacher's backbone: the cheapest way to a student
+    that matches its teacher on a small budget; docs/distillation.md) or ``auto`` (``teacher`` up to 10
+    distillation epochs, else scratch). Smaller students start from scratch."""
     run_linear_eval: bool = True
     run_supervised: bool = True
     data: DataConfig = field(default_factory=DataConfig)
@@ -466,7 +474,7 @@ class PipelineConfig:
             _check_label_spec(labels)
         if not self.label_seeds:
             raise ConfigError("label_seeds: give at least one seed, e.g. [0]")
-        _check_choice("distill_init", self.distill_init, ("scratch", "pretrained"))
+        _check_choice("distill_init", self.distill_init, ("auto", "scratch", "pretrained", "teacher"))
         for layer in [*self.finetune_layers, self.distill_from_layer]:
             if layer < -1 or layer > self.pretrain.model.head_layers:
                 raise ConfigError(

@@ -34,8 +34,9 @@ __all__ = [
     "write_report",
 ]
 
-Cell: TypeAlias = "float | tuple[float, float] | None"
-"""One result: top-1 %, (mean, std) over seeds, or None when the run is missing."""
+Cell: TypeAlias = "float | tuple[float, float] | str | None"
+"""One result: top-1 %, (mean, std) over seeds, a note shown instead of a number (e.g. "not trained"), or
+None when the run is missing."""
 Table: TypeAlias = "Mapping[str, Mapping[str, Cell]]"
 """``table[row][column]``: rows are methods, columns are label fractions."""
 
@@ -61,7 +62,7 @@ def _save(fig: Figure, path: Path) -> Path:
 
 def _cell_mean_std(cell: Cell) -> tuple[float, float] | None:
     """(mean, std) of a cell, std 0 for a single value; None for a missing or non-finite cell."""
-    if cell is None:
+    if cell is None or isinstance(cell, str):
         return None
     mean, std = (float(cell[0]), float(cell[1])) if isinstance(cell, tuple) else (float(cell), 0.0)
     if not math.isfinite(mean):
@@ -70,6 +71,8 @@ def _cell_mean_std(cell: Cell) -> tuple[float, float] | None:
 
 
 def _format_cell(cell: Cell) -> str:
+    if isinstance(cell, str):
+        return cell
     values = _cell_mean_std(cell)
     if values is None:
         return _MISSING
@@ -413,8 +416,10 @@ def write_report(
     figures: Mapping[str, Path],
     sections: Mapping[str, str] | None = None,
     command: str | None = None,
+    summary: str | None = None,
 ) -> Path:
-    """Write ``out_dir/report.md``: title, command, results table, figures, then extra sections.
+    """Write ``out_dir/report.md``: title, command, results table (with ``summary``, one sentence on what
+    it shows, under it), figures, then extra sections.
 
     Args:
         out_dir: report directory (created if needed).
@@ -438,6 +443,8 @@ def write_report(
         "## Results\n\nTop-1 accuracy (%); mean ± std over seeds where several were run; "
         f"{_MISSING} = not run.\n\n" + markdown_table(table, columns)
     )
+    if summary:
+        parts.append(f"**{summary}**\n")
     if figures:
         parts.append("## Figures\n")
         for caption, figure in figures.items():

@@ -57,3 +57,20 @@ def test_smoke_benchmark_runs_every_mode_and_renders_tables(
     assert throughput.update_readme(readme) == 1
     text = readme.read_text()
     assert "stale" not in text and "ours / reference" in text and text.endswith("<!-- /table -->\nkept\n")
+
+
+def test_peak_skips_bf16_where_the_cpu_only_emulates_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CPU without AVX512-BF16 (here: oneDNN capped at AVX2), timing emulated bf16 matmuls took over 10
+    minutes before the benchmark measured anything: the bf16 peak is skipped, and compare still renders."""
+    import torch
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    peak = throughput.measure_peak(torch.device("cpu"), smoke=True)
+    assert peak["bf16"] is None and "emulates bf16" in peak["bf16_skipped"]
+    assert peak["fp32"]["peak_gflops"] > 0
+    out = tmp_path / "results"
+    assert throughput.main(["compare", "--inprocess", "--smoke", "--out", str(out)]) == 0
+    (result,) = [json.loads(f.read_text()) for f in out.glob("*.json")]
+    assert result["peak"]["bf16"] is None and all(p["precision"] == "fp32" for p in result["paths"])

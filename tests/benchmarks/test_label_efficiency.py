@@ -17,6 +17,7 @@ FT1 = "r18_0.25x: " + le.ROWS["ft1"]
 SUP = "r18_0.25x: " + le.ROWS["sup"]
 
 
+@pytest.mark.benchmark  # 10 min on AVX512-BF16, 38 on AVX2: CI runs the demo-config test instead
 @pytest.mark.fashion_mnist
 def test_fast_benchmark_fine_tuning_beats_supervised_at_10_labels_per_class(tmp_path: Path) -> None:
     run = tmp_path / "le"

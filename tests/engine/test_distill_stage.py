@@ -86,3 +86,22 @@ def test_alpha_mix_uses_the_teachers_labels_and_bad_input_is_refused(
         _config(teacher, tmp_path / "x", "alpha=1.5")
     with pytest.raises(ConfigError, match="student"):
         _config(teacher, tmp_path / "x", "student=resnet9000")
+
+
+def test_student_init_auto_starts_a_short_self_distillation_from_the_teacher() -> None:
+    """``auto``: the teacher's backbone for a self-distilled student up to 10 epochs (a small budget), from
+    scratch beyond (the paper's 400-epoch students) and for smaller students; ``teacher`` needs the same
+    architecture; a path is taken as it is."""
+    from simclrv2.config import ConfigError
+    from simclrv2.engine.distill import resolve_student_init
+
+    assert resolve_student_init("auto", True, 2, "t.pt") == "t.pt"
+    assert resolve_student_init("auto", True, 0.5, "t.pt") == "t.pt"
+    assert resolve_student_init("auto", True, 100, "t.pt") is None
+    assert resolve_student_init("auto", False, 2, "t.pt") is None
+    assert resolve_student_init("scratch", True, 2, "t.pt") is None
+    assert resolve_student_init(None, True, 2, "t.pt") is None
+    assert resolve_student_init("teacher", True, 100, "t.pt") == "t.pt"
+    assert resolve_student_init("other.pt", False, 2, "t.pt") == "other.pt"
+    with pytest.raises(ConfigError, match="needs self-distillation"):
+        resolve_student_init("teacher", False, 2, "t.pt")

@@ -38,3 +38,16 @@ def test_a_single_candidate_is_returned_without_training(tmp_path: Path) -> None
 
     assert choose_on_validation(tmp_path, [(2.0, 15)], never, lambda _m: None, "t") == ((2.0, 15), {})
     assert not (tmp_path / "grid.json").exists()
+
+
+def test_a_search_whose_every_candidate_stays_near_chance_is_not_trained() -> None:
+    from simclrv2.engine.tuning import near_chance, search_verdict
+
+    assert near_chance(10.0, 10) and near_chance(19.0, 10) and not near_chance(19.5, 10)
+    assert near_chance(53.0, 2) and not near_chance(56.0, 2)  # 2 classes: chance 50%, 5 points of margin
+    record = {"a": {"validation_top1": 10.1}, "b": {"validation_top1": 11.8}, "c": {"validation_top1": 0.0}}
+    verdict = search_verdict(record, 10)
+    assert verdict["trained"] is False and "best 11.8%, chance 10.0%" in verdict["not_trained"]
+    record["c"]["validation_top1"] = 35.0  # one candidate learned something: the stage counts
+    assert search_verdict(record, 10) == {"trained": True}
+    assert search_verdict({}, 10) == {"trained": True}  # no search: nothing to judge by

@@ -86,7 +86,7 @@ class TrainSettings:
     device: torch.device
     precision: str
     batch_size: int
-    epochs: int
+    epochs: float
     peak_lr: float
     optimizer: str = "lars"
     momentum: float = 0.9
@@ -119,7 +119,7 @@ class TrainSettings:
         device: torch.device,
         precision: str,
         batch_size: int,
-        epochs: int,
+        epochs: float,
         peak_lr: float,
         extra: dict[str, Any],
         show_progress: bool = True,
@@ -211,11 +211,11 @@ def make_optimizer(
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
-def train_steps(num_images: int, epochs: int, batch_size: int) -> int:
+def train_steps(num_images: int, epochs: float, batch_size: int) -> int:
     """The official step count (``num_examples * train_epochs // train_batch_size + 1``, TF ``run.py``): the
     labeled set is repeated and cut into batches that run across epoch ends, so every image is seen
     ``epochs`` times (give or take the one batch that the ``+ 1`` adds)."""
-    return num_images * epochs // batch_size + 1
+    return int(num_images * epochs) // batch_size + 1
 
 
 # The automatic batch for small labeled sets: about this many steps per epoch (the paper's 1% ImageNet run:

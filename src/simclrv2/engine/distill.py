@@ -47,6 +47,28 @@ def resolve_student(student: str, teacher_backbone: str) -> tuple[str, bool]:
     return name, name == teacher_backbone
 
 
+# Up to this many epochs a self-distilled student starts from the teacher's backbone under student_init=auto:
+# from scratch (the paper: 400 epochs) it cannot catch up on a small budget (docs/distillation.md).
+SMALL_BUDGET_EPOCHS = 10.0
+
+
+def resolve_student_init(student_init: str | None, is_self: bool, epochs: float, teacher: str) -> str | None:
+    """The checkpoint whose backbone the student starts from (None = from scratch); see
+    ``DistillConfig.student_init``."""
+    if student_init in (None, "", "scratch"):
+        return None
+    if student_init == "auto":
+        return teacher if is_self and epochs <= SMALL_BUDGET_EPOCHS else None
+    if student_init == "teacher":
+        if not is_self:
+            raise ConfigError(
+                "student_init=teacher needs self-distillation (the student's backbone is the teacher's); "
+                "a smaller student starts from scratch or from a checkpoint of its own backbone"
+            )
+        return teacher
+    return student_init
+
+
 def _init_student_from(model: nn.Module, path: str) -> None:
     """Initialise the student's backbone from a pretrain/finetune/distill checkpoint (strict on it)."""
     ckpt = load_checkpoint(path)
@@ -100,15 +122,22 @@ def distill(config: DistillConfig, resume: bool = False, show_progress: bool = T
     teacher.eval().requires_grad_(False)
     arch = model_arch(student_name, bool(t_arch["small_images"]), 0, 0, 0, int(t_arch["num_classes"]))
     student = build_model(arch)
-    if config.student_init:
-        _init_student_from(student, config.student_init)
+    init = resolve_student_init(config.student_init, is_self, config.epochs, config.teacher)
+    if init is not None:
+        _init_student_from(student, init)
     student = student.to(device)
     if config.channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
         student = student.to(memory_format=torch.channels_last)
     say = echo if show_progress else (lambda _msg: None)
     kind = "self-distillation" if is_self else f"{t_arch['backbone']} -> {student_name}"
-    say(f"distill: {kind}, temperature {temperature}, alpha {config.alpha}, {len(train)} training images")
+    start = (
+        "from scratch" if init is None else "from the teacher's backbone" if init == config.teacher else init
+    )
+    say(
+        f"distill: {kind}, student {start}, temperature {temperature}, alpha {config.alpha}, "
+        f"{len(train)} training images"
+    )
 
     def loss_fn(model: nn.Module, images: Tensor, targets: Tensor, step: int) -> Tensor:
         # Teacher and student see the same augmented view; the teacher gets no graph at all.
@@ -148,5 +177,6 @@ def distill(config: DistillConfig, resume: bool = False, show_progress: bool = T
             "self_distillation": is_self,
             "temperature": temperature,
             "alpha": config.alpha,
+            "student_init": init,
         },
     )

@@ -29,7 +29,7 @@ from simclrv2.engine.runtime import (
     seed_everything,
     write_json,
 )
-from simclrv2.engine.tuning import candidates, choose_on_validation
+from simclrv2.engine.tuning import candidates, choose_on_validation, search_verdict
 from simclrv2.models import (
     FineTuneModel,
     ProjectionHead,
@@ -225,8 +225,12 @@ def finetune(config: FinetuneConfig, resume: bool = False, show_progress: bool =
         config, pre, arch, run_dir, subset_data(train_full, idx), test, lr_multiplier, epochs, device,
         precision, resume and (run_dir / "last.pt").exists(), show_progress, extra,
     )  # fmt: skip
+    verdict = search_verdict(record, num_classes)
+    if not verdict["trained"]:
+        say(f"{STAGE}: NOT TRAINED: {verdict['not_trained']}")
     results.update(
         {
+            **verdict,
             "pretrained": str(config.pretrained),
             "from_layer": config.from_layer,
             "use_ema": config.use_ema,

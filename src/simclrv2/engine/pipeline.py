@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import platform
 import re
 import time
@@ -56,6 +55,7 @@ class Pipeline:
         self.show_progress = show_progress
         self.records: list[dict[str, Any]] = []
         self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}  # CPU seconds of this process (all threads) per kind of stage
 
     def say(self, message: str) -> None:
         if self.show_progress:
@@ -76,9 +76,10 @@ class Pipeline:
             results = json.loads((run_dir / results_name).read_text())
         else:
             self.say(f"pipeline: {name}: {'resuming' if state == 'resume' else 'starting'} in {run_dir}")
-            t0 = time.time()
+            t0, c0 = time.time(), time.process_time()
             results = fn(state == "resume")
             self.wall[kind] = self.wall.get(kind, 0.0) + time.time() - t0
+            self.cpu[kind] = self.cpu.get(kind, 0.0) + time.process_time() - c0
         self.records.append({"kind": kind, "name": name, "run_dir": str(run_dir), **meta, "results": results})
         return results
 
@@ -155,8 +156,11 @@ class Pipeline:
         cfg = dataclasses.replace(
             self.c.distill, run_dir=str(run_dir), seed=seed, teacher=str(teacher), student=student,
         )  # fmt: skip
-        if student in ("same", self.c.pretrain.model.backbone) and self.c.distill_init == "pretrained":
-            cfg.student_init = str(pretrained)
+        if student in ("same", self.c.pretrain.model.backbone):
+            init = self.c.distill_init
+            cfg.student_init = str(pretrained) if init == "pretrained" else init
+        else:
+            cfg.student_init = "scratch"
         if student_init is not None:
             cfg.student_init = str(student_init)
         cfg.validate()
@@ -221,6 +225,7 @@ class Pipeline:
             **{k: round(v, 1) for k, v in self.wall.items()},
             "total": time.time() - t_start,
         }
+        results["cpu_seconds"] = {k: round(v, 1) for k, v in self.cpu.items()}
         write_json(self.root / "results.json", results)
         if distributed.is_main_process():
             report = write_pipeline_report(self.root, results)
@@ -231,6 +236,7 @@ class Pipeline:
     def collect(self) -> dict[str, Any]:
         """The label-efficiency table (mean and std over seeds) and every stage's numbers."""
         cells: dict[str, dict[str, list[float]]] = {}
+        untrained: set[tuple[str, str]] = set()
         for rec in self.records:
             if "row" not in rec:
                 continue
@@ -238,16 +244,23 @@ class Pipeline:
             if top1 is None:
                 continue
             cells.setdefault(rec["row"], {}).setdefault(rec["labels"], []).append(top1)
+            if rec["results"].get("trained") is False:
+                untrained.add((rec["row"], rec["labels"]))
         table = {
-            row: {labels: _mean_std(values) for labels, values in by_labels.items()}
+            row: {
+                labels: {**_mean_std(values), **({"trained": False} if (row, labels) in untrained else {})}
+                for labels, values in by_labels.items()
+            }
             for row, by_labels in cells.items()
         }
         pre = next(r for r in self.records if r["kind"] == "pretrain")["results"]
+        config = to_dict(self.c)
         return {
-            "config": to_dict(self.c),
+            "config": config,
             "dataset": self.c.data.name,
             "columns": list(self.c.labels),
             "table": table,
+            "summary": pipeline_summary(table, list(self.c.labels), config),
             "pretrain": {
                 k: pre.get(k) for k in ("knn", "online_probe", "images_per_sec", "wall_seconds", "step")
             },
@@ -287,16 +300,74 @@ def machine_description() -> dict[str, Any]:
     }
 
 
-def _best_run(results: dict[str, Any]) -> dict[str, Any] | None:
-    """The run with the highest test top-1 among the classifiers that wrote predictions."""
-    best, best_top1 = None, -math.inf
-    for rec in results["runs"]:
-        if rec["kind"] not in ("finetune", "distill", "supervised"):
+SUPERVISED_ROW = "Supervised (labels only)"
+
+
+def _trained_mean(table: dict[str, Any], row: str, column: str) -> float | None:
+    cell = table.get(row, {}).get(column)
+    if cell is None or cell.get("trained") is False:
+        return None
+    return float(cell["mean"])
+
+
+def summary_sentence(table: dict[str, Any], columns: list[str], method_row: str) -> str:
+    """One sentence, generated from the table, on what it shows: where the pretrained and fine-tuned
+    network (``method_row``) beats the same network trained on the labels alone, and by how much."""
+    wins: list[str] = []
+    losses: list[str] = []
+    missing: list[str] = []
+    for col in columns:
+        ours, sup = _trained_mean(table, method_row, col), _trained_mean(table, SUPERVISED_ROW, col)
+        if ours is None or sup is None:
+            missing.append(col)
             continue
-        top1 = _top1(rec["results"])
-        if top1 is not None and top1 > best_top1 and (Path(rec["run_dir"]) / "predictions.json").is_file():
-            best, best_top1 = rec, top1
-    return best
+        part = f"{col} ({ours:.1f}% vs {sup:.1f}%, {ours - sup:+.1f} points)"
+        (wins if ours > sup else losses).append(part)
+    parts = []
+    if wins:
+        parts.append(f"beats the same network trained on the labels alone at {_join(wins)}")
+    if losses:
+        parts.append(f"{'but ' if wins else ''}does not beat it at {_join(losses)}")
+    if not parts:
+        return f"{method_row}: there is no trained supervised baseline to compare with ({_join(missing)})."
+    layer = re.search(r"layer (-?\d+)", method_row)
+    how = (
+        ""
+        if layer is None
+        else " from the backbone output"
+        if layer[1] == "0"
+        else f" from head layer {layer[1]}"
+    )
+    sentence = f"Pretraining without labels, then fine-tuning{how}, " + ", ".join(parts)
+    if missing:
+        sentence += f"; no comparison at {_join(missing)} (a row missing or not trained)"
+    return sentence + "."
+
+
+def pipeline_summary(table: dict[str, Any], columns: list[str], config: dict[str, Any]) -> str | None:
+    """:func:`summary_sentence` for the fine-tuned row that distillation starts from (SimCLRv2's layer 1)."""
+    layer = config.get("distill_from_layer", 1)
+    rows = [row for row in table if row.startswith("Fine-tuned (layer")]
+    method = f"Fine-tuned (layer {layer})" if f"Fine-tuned (layer {layer})" in table else None
+    method = method or (rows[-1] if rows else None)
+    return summary_sentence(table, columns, method) if method else None
+
+
+def _join(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _final_run(results: dict[str, Any]) -> dict[str, Any] | None:
+    """The recipe's final model for the figures: the self-distilled student (else the fine-tuned teacher)
+    at the smallest label count, the regime the method is for; not whichever row scored highest."""
+    columns = results["columns"]
+    for kind in ("distill", "finetune"):
+        for col in columns:
+            for rec in results["runs"]:
+                ok = rec["kind"] == kind and rec.get("labels") == col and rec["results"].get("trained", True)
+                if ok and (Path(rec["run_dir"]) / "predictions.json").is_file():
+                    return rec
+    return None
 
 
 def write_pipeline_report(root: Path, results: dict[str, Any]) -> Path:
@@ -307,8 +378,16 @@ def write_pipeline_report(root: Path, results: dict[str, Any]) -> Path:
     fig_dir = root / "figures"
     columns = results["columns"]
     table = {
-        # mean +- std across seeds; a single run is shown as a plain value (no misleading "+- 0.0")
-        row: {col: (v["mean"], v["std"]) if v["n"] > 1 else v["mean"] for col, v in cells.items()}
+        # mean +- std across seeds; a single run is shown as a plain value (no misleading "+- 0.0"); a stage
+        # that stayed at chance on validation is not a number to compare
+        row: {
+            col: "not trained"
+            if v.get("trained") is False
+            else (v["mean"], v["std"])
+            if v["n"] > 1
+            else v["mean"]
+            for col, v in cells.items()
+        }
         for row, cells in results["table"].items()
     }
     figures: dict[str, Path] = {}
@@ -321,13 +400,13 @@ def write_pipeline_report(root: Path, results: dict[str, Any]) -> Path:
             curves[rec["name"]] = Path(rec["run_dir"]) / "metrics.jsonl"
     figures["Training curves"] = report.plot_training_curves(curves, fig_dir / "training_curves.png")
     sections: dict[str, str] = {}
-    best = _best_run(results)
-    if best is not None:
-        preds = json.loads((Path(best["run_dir"]) / "predictions.json").read_text())
+    final = _final_run(results)
+    if final is not None:
+        preds = json.loads((Path(final["run_dir"]) / "predictions.json").read_text())
         classes = preds["classes"]
         cm = report.confusion_matrix(preds["label"], preds["pred"], len(classes))
-        figures[f"Confusion matrix: {best['name']}"] = report.plot_confusion_matrix(
-            cm, classes, fig_dir / "confusion_matrix.png", title=f"{best['name']} (test)"
+        figures[f"Confusion matrix: {final['name']}"] = report.plot_confusion_matrix(
+            cm, classes, fig_dir / "confusion_matrix.png", title=f"{final['name']} (test)"
         )
         data = results["config"]["data"]
         test = load_dataset(
@@ -339,11 +418,21 @@ def write_pipeline_report(root: Path, results: dict[str, Any]) -> Path:
             images = test.images[:n]
         else:
             images = torch.stack([test.dataset[i][0] for i in range(n)])  # type: ignore[index]
-        figures[f"Test images with predictions: {best['name']}"] = report.plot_prediction_grid(
+        figures[f"Test images with predictions: {final['name']}"] = report.plot_prediction_grid(
             images, preds["label"][:n], preds["pred"][:n], classes, fig_dir / "predictions.png"
         )
-        sections["Best model"] = (
-            f"{best['name']}: test top-1 {_top1(best['results']):.2f}% (`{best['run_dir']}`)."
+        sections["Final model"] = (
+            f"{final['name']}: test top-1 {_top1(final['results']):.2f}% (`{final['run_dir']}`), the "
+            "recipe's last stage at the smallest label count (the figures above show it)."
+        )
+    untrained = [
+        f"{row} at {col}" for row, cells in results["table"].items() for col, v in cells.items()
+        if v.get("trained") is False
+    ]  # fmt: skip
+    if untrained:
+        sections["Not trained"] = (
+            f"{_join(untrained)}: every validation candidate stayed near chance, so the table shows no "
+            "number (see that stage's results.json, `not_trained`)."
         )
     pre = results["pretrain"]
     knn = pre.get("knn") or {}
@@ -355,6 +444,7 @@ def write_pipeline_report(root: Path, results: dict[str, Any]) -> Path:
     sections["Wall time (s)"] = "\n".join(f"- {k}: {v:.0f}" for k, v in wall.items())
     m = results["machine"]
     sections["Machine"] = f"{m['cpu']}, {m['threads']} threads, CUDA: {m['cuda']}, torch {m['torch']}."
+    summary = results.get("summary") or pipeline_summary(results["table"], columns, results["config"])
     return report.write_report(
         root,
         title=f"SimCLRv2 on {results['dataset']}",
@@ -363,4 +453,5 @@ def write_pipeline_report(root: Path, results: dict[str, Any]) -> Path:
         figures=figures,
         sections=sections,
         command=results.get("command"),
+        summary=summary,
     )

@@ -28,7 +28,7 @@ from simclrv2.engine.runtime import (
     seed_everything,
     write_json,
 )
-from simclrv2.engine.tuning import candidates, choose_on_validation
+from simclrv2.engine.tuning import candidates, choose_on_validation, search_verdict
 
 __all__ = ["supervised"]
 
@@ -73,7 +73,8 @@ def supervised(config: SupervisedConfig, resume: bool = False, show_progress: bo
     epochs = config.epochs or default_epochs(config.labels, len(idx), len(train_full))
     crop = config.data.image_size or train_full.image_shape[-1]
     small = config.small_images if config.small_images is not None else crop <= 64
-    arch = model_arch(config.backbone, small, 0, 0, 0, len(train_full.classes))
+    num_classes = len(train_full.classes)
+    arch = model_arch(config.backbone, small, 0, 0, 0, num_classes)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")
     say(f"supervised: {len(idx)} labeled images ({fraction:.2%}; {how}), {epochs} epochs, {config.backbone}")
@@ -96,8 +97,12 @@ def supervised(config: SupervisedConfig, resume: bool = False, show_progress: bo
         config, arch, run_dir, subset_data(train_full, idx), test, best, epochs, device, precision,
         resume and (run_dir / "last.pt").exists(), show_progress,
     )  # fmt: skip
+    verdict = search_verdict(record, num_classes)
+    if not verdict["trained"]:
+        say(f"{STAGE}: NOT TRAINED: {verdict['not_trained']}")
     results.update(
         {
+            **verdict,
             "backbone": config.backbone,
             "labels": config.labels,
             "num_labeled": len(idx),

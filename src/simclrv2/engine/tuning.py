@@ -15,7 +15,7 @@ from typing import Any
 
 from simclrv2.engine.runtime import write_json
 
-__all__ = ["candidate_key", "candidates", "choose_on_validation"]
+__all__ = ["candidate_key", "candidates", "choose_on_validation", "near_chance", "search_verdict"]
 
 
 def candidates(
@@ -65,3 +65,28 @@ def choose_on_validation(
     )  # max() keeps the first of equal scores
     best = (record[best_key]["lr_multiplier"], record[best_key]["epochs"])
     return best, record
+
+
+def near_chance(top1: float, num_classes: int) -> bool:
+    """True when a top-1 (%) is within a tenth of the way from chance to 100% (at least 5 points): for 10
+    classes, 19% or less. A validation score there says the run learned (next to) nothing."""
+    chance = 100.0 / max(num_classes, 1)
+    return top1 <= chance + max(5.0, 0.1 * (100.0 - chance))
+
+
+def search_verdict(record: dict[str, Any], num_classes: int) -> dict[str, Any]:
+    """``{"trained": bool, ...}`` for a validation search's record: not trained when every candidate stayed
+    near chance on validation, with the best score and chance for the log, results.json and the report. A
+    stage with no search (empty record) counts as trained."""
+    scores = [float(c["validation_top1"]) for c in record.values()]
+    if not scores or not all(near_chance(s, num_classes) for s in scores):
+        return {"trained": True}
+    best, chance = max(scores), 100.0 / num_classes
+    return {
+        "trained": False,
+        "not_trained": (
+            f"every one of the {len(scores)} candidates stayed near chance on validation (best "
+            f"{best:.1f}%, chance {chance:.1f}%): not a number to compare; give it more epochs or a "
+            "wider LR grid"
+        ),
+    }
