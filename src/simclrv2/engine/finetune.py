@@ -56,10 +56,17 @@ def load_split_pair(data_cfg: Any, seed: int) -> tuple[ImageData, ImageData | No
 
 
 def model_arch(
-    backbone: str, small_images: bool, head_layers: int, head_dim: int, from_layer: int, num_classes: int
+    backbone: str,
+    small_images: bool,
+    head_layers: int,
+    head_dim: int,
+    from_layer: int,
+    num_classes: int,
+    tf_same_pool: bool = False,
 ) -> dict[str, Any]:
-    """What :func:`build_model_from_checkpoint` needs; stored as ``arch`` in every classifier checkpoint."""
-    return {
+    """What :func:`build_model_from_checkpoint` needs; stored as ``arch`` in every classifier checkpoint.
+    ``tf_same_pool`` (converted official models only) is stored only when set."""
+    arch: dict[str, Any] = {
         "backbone": backbone,
         "small_images": small_images,
         "head_layers": head_layers,
@@ -67,10 +74,13 @@ def model_arch(
         "from_layer": from_layer,
         "num_classes": num_classes,
     }
+    if tf_same_pool:
+        arch["tf_same_pool"] = True
+    return arch
 
 
 def build_model(arch: dict[str, Any]) -> FineTuneModel:
-    backbone = create_backbone(arch["backbone"], small_images=arch["small_images"])
+    backbone = create_backbone(arch["backbone"], arch["small_images"], bool(arch.get("tf_same_pool", False)))
     head = None
     if arch["head_layers"] > 0:
         head = ProjectionHead(backbone.num_features, num_layers=arch["head_layers"], out_dim=arch["head_dim"])
@@ -150,8 +160,9 @@ def finetune(config: FinetuneConfig, resume: bool = False, show_progress: bool =
     )
     num_classes = len(train_full.classes)
     arch = model_arch(
-        pconf["backbone"], small, pconf["head_layers"], pconf["head_dim"], config.from_layer, num_classes
-    )
+        pconf["backbone"], small, pconf["head_layers"], pconf["head_dim"], config.from_layer, num_classes,
+        bool(pconf.get("tf_same_pool", False)),
+    )  # fmt: skip
     run_dir.mkdir(parents=True, exist_ok=True)
     extra = {"label_index_file": str(index_file)}
 
