@@ -17,15 +17,15 @@ it with the names recorded from the official code for all 13 released architectu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from simclrv2.models.heads import ProjectionHead
 from simclrv2.models.registry import parse_backbone_name
-from simclrv2.models.resnet import BasicBlock, BottleneckBlock, ResNet
+from simclrv2.models.resnet import BLOCKS_PER_STAGE, BasicBlock, BottleneckBlock, ResNet, scaled_channels
 
 __all__ = [
     "TF2_SUFFIX",
@@ -33,10 +33,17 @@ __all__ = [
     "Slot",
     "backbone_name",
     "expected_slots",
+    "feature_dim",
 ]
 
 TF2_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 _BN_TF = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean", "running_var": "moving_variance"}
+
+
+def feature_dim(spec: ArchSpec) -> int:
+    """The width of h: 2048w for bottleneck nets, 512w for basic-block nets (SPEC §1)."""
+    depth, width, _ = spec.depth_width_sk
+    return scaled_channels(512, width) * (BottleneckBlock.expansion if BLOCKS_PER_STAGE[depth][0] else 1)
 
 
 @dataclass(frozen=True)
@@ -189,14 +196,22 @@ def _backbone_slots(backbone: ResNet) -> Iterator[Slot]:
 
 
 def _head_slots(spec: ArchSpec, in_dim: int) -> Iterator[Slot]:
-    with torch.device("meta"):
-        head = ProjectionHead(in_dim, spec.head_layers, spec.head_dim)
-    for j, layer in enumerate(head.layers):
+    """The projection head's tensors (SPEC §2: hidden layers keep ``in_dim``, the last BN has no beta).
+    Shapes are written out rather than read from a meta-device ProjectionHead, whose normal_ init costs
+    seconds on ``meta`` for R152 3x's 6144-wide layers."""
+    for j in range(spec.head_layers):
+        last = j == spec.head_layers - 1
+        out_dim = spec.head_dim if last else in_dim
         scope = "l_0" if spec.head_layers == 1 else f"nl_{j}"
-        tf1, tf2 = f"head_contrastive/{scope}", f"_projection_head/linear_layers/{j}"
-        key, shape = f"head.layers.{j}", tuple(layer.linear.weight.shape)
-        yield Slot(f"{key}.linear.weight", shape, f"{tf1}/dense/kernel", f"{tf2}/dense/kernel", "dense")
-        yield from _bn_slots(f"{key}.bn", layer.bn, f"{tf1}/batch_normalization", f"{tf2}/bn_relu/bn")
+        tf1, tf2, key = f"head_contrastive/{scope}", f"_projection_head/linear_layers/{j}", f"head.layers.{j}"
+        yield Slot(
+            f"{key}.linear.weight", (out_dim, in_dim), f"{tf1}/dense/kernel", f"{tf2}/dense/kernel", "dense"
+        )
+        for attr, tf_attr in _BN_TF.items():
+            if not (last and attr == "bias"):
+                tf1_bn, tf2_bn = f"{tf1}/batch_normalization/{tf_attr}", f"{tf2}/bn_relu/bn/{tf_attr}"
+                trainable = attr in ("weight", "bias")
+                yield Slot(f"{key}.bn.{attr}", (out_dim,), tf1_bn, tf2_bn, "none", trainable)
 
 
 def _supervised_slots(in_dim: int, num_classes: int) -> Iterator[Slot]:
@@ -205,7 +220,8 @@ def _supervised_slots(in_dim: int, num_classes: int) -> Iterator[Slot]:
     yield Slot("supervised.bias", (num_classes,), f"{tf1}/bias", f"{tf2}/bias", "none")
 
 
-def expected_slots(spec: ArchSpec, supervised_in_dim: int | None = None) -> list[Slot]:
+@functools.lru_cache(maxsize=64)
+def expected_slots(spec: ArchSpec, supervised_in_dim: int | None = None) -> tuple[Slot, ...]:
     """Every tensor of ``spec`` in official creation order (backbone, projection head, supervised head).
 
     ``supervised_in_dim``: the supervised head's input width (default h's width; the first head layer's
@@ -217,4 +233,4 @@ def expected_slots(spec: ArchSpec, supervised_in_dim: int | None = None) -> list
         slots += _head_slots(spec, backbone.num_features)
     if spec.num_classes > 0:
         slots += _supervised_slots(supervised_in_dim or backbone.num_features, spec.num_classes)
-    return slots
+    return tuple(slots)
