@@ -316,7 +316,7 @@ class TensorBundle:
             raise BundleError(f"{where}: big-endian checkpoints are not supported")
         self.entries: dict[str, BundleEntry] = {}
         for key, value in raw:
-            if key == b"":
+            if key == b"" or key.startswith(b"\x00"):  # the header; slices of partitioned variables
                 continue
             name = key.decode("utf-8", errors="replace")
             self.entries[name] = _parse_entry(name, value, where)
@@ -334,6 +334,8 @@ class TensorBundle:
                 raise BundleError(f"{p} is missing: a checkpoint needs its .index and every .data shard")
             sizes[shard] = p.stat().st_size
         for e in self.entries.values():
+            if e.sliced:  # its data lives in slice entries, which are not read (see _entry)
+                continue
             if not 0 <= e.shard < self.num_shards:
                 raise BundleError(f"{self.index_path}: {e.name!r} names shard {e.shard} of {self.num_shards}")
             if e.offset < 0 or e.offset + e.size > sizes[e.shard]:
