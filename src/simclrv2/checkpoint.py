@@ -97,9 +97,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """``path``, or for a published model (``zoo:[category/]arch``) its converted checkpoint in the cache,
+    downloaded and converted first if needed (:mod:`simclrv2.interop.zoo`)."""
+    if str(path).startswith("zoo:"):
+        from simclrv2.interop.zoo import resolve
+
+        return resolve(str(path))
+    return Path(path)
+
+
 def load_checkpoint(path: str | Path, stage: str | None = None) -> dict[str, Any]:
-    """Load a simclrv2 checkpoint safely (``weights_only=True``) and check it is one of ``stage``."""
-    path = Path(path)
+    """Load a simclrv2 checkpoint safely (``weights_only=True``) and check it is one of ``stage``.
+    ``path`` may be a ``zoo:`` reference to a published model (see :func:`resolve_checkpoint_path`)."""
+    path = resolve_checkpoint_path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:

@@ -35,9 +35,8 @@ from torch import nn
 from simclrv2.checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_save
 from simclrv2.config import DataConfig, ModelConfig, PretrainConfig, to_dict
 from simclrv2.interop.official import TF2_SUFFIX, ArchSpec, Slot, backbone_name, expected_slots, feature_dim
-from simclrv2.interop.tensorbundle import BundleError, TensorBundle, _fields
+from simclrv2.interop.tensorbundle import TensorBundle, _fields
 from simclrv2.models import Classifier, FineTuneModel, ProjectionHead, SimCLRModel, create_backbone
-from simclrv2.models.registry import SK_RATIO
 from simclrv2.models.resnet import BLOCKS_PER_STAGE
 
 __all__ = [
@@ -129,7 +128,8 @@ class ConversionPlan:
             f"projection head: {head}",
             "supervised head: "
             + (
-                f"{spec.num_classes} classes on {'h' if self.from_layer == 0 else f'head layer {self.from_layer}'}"
+                f"{spec.num_classes} classes on "
+                + ("h" if self.from_layer == 0 else f"head layer {self.from_layer}")
                 if spec.num_classes
                 else "none"
             ),
@@ -378,9 +378,13 @@ def plan_conversion(
             dropped.append(key)
         else:
             items.append((out, key, slot))
-    if ema and any(s.key.startswith("supervised.") for s in slots):
-        if not info.lookup.get(slots[-1].tf2 if tf2 else slots[-1].tf1, "").startswith("ema_model/"):
-            notes.append("the supervised head has no EMA copy: its live weights were used")
+    last = slots[-1].tf2 if tf2 else slots[-1].tf1
+    if (
+        ema
+        and slots[-1].key.startswith("supervised.")
+        and not info.lookup.get(last, "").startswith("ema_model/")
+    ):
+        notes.append("the supervised head has no EMA copy: its live weights were used")
     if ema:
         notes.append("weights from the EMA copies (ema_model/...)")
     skipped: Counter[str] = Counter()
@@ -587,14 +591,15 @@ def convert_checkpoint(
         state: dict[str, torch.Tensor] = {}
         for out, key, slot in tqdm(plan.items, desc="convert", unit="tensor", disable=not show_progress):
             state[out] = _to_torch(bundle.read(key), slot)
-    for name, buffer in target_module(plan).named_buffers():
+    for name, _ in target_module(plan).named_buffers():
         if name.endswith("num_batches_tracked"):
             state[name] = torch.zeros((), dtype=torch.long)  # TF keeps no such counter
     _check_state(plan, state)
     output = Path(output)
     atomic_save(checkpoint_dict(plan, state), output)
     say(
-        f"wrote {output} ({sum(t.numel() for t in state.values()) / 1e6:.1f}M values) in {time.perf_counter() - start:.1f} s"
+        f"wrote {output} ({sum(t.numel() for t in state.values()) / 1e6:.1f}M values) "
+        f"in {time.perf_counter() - start:.1f} s"
     )
     return plan
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -144,7 +145,7 @@ def _stem_slots(backbone: ResNet, c: _Counter) -> Iterator[tuple[str, nn.Module,
 
 def _block_slots(block: nn.Module, key: str, tf2: str, resnet_d: bool, stride: int, c: _Counter) -> Iterator:
     """Per block, in the official creation order: projection shortcut, then the main path (SPEC §8)."""
-    shortcut = getattr(block, "shortcut", None)
+    shortcut: Any = getattr(block, "shortcut", None)
     bottleneck = isinstance(block, BottleneckBlock)
     if isinstance(shortcut, nn.Sequential):
         offset = (2 if stride > 1 else 1) if resnet_d else 0  # FixedPadding / AveragePooling2D layers first
@@ -162,6 +163,7 @@ def _block_slots(block: nn.Module, key: str, tf2: str, resnet_d: bool, stride: i
     main = f"{tf2}/conv_relu_dropblock_layers"
     yield f"{key}.conv1", block.conv1, c("conv2d"), f"{main}/0/conv2d"
     yield f"{key}.bn1", block.bn1, c("batch_normalization"), f"{main}/1/bn"
+    assert isinstance(block, BottleneckBlock)
     if block.sk is not None:
         sk, at = block.sk, f"{main}/3"
         yield f"{key}.sk.conv", sk.conv, c("conv2d"), f"{at}/conv2d_fixed_padding/conv2d"
@@ -181,8 +183,8 @@ def _block_slots(block: nn.Module, key: str, tf2: str, resnet_d: bool, stride: i
 def _backbone_slots(backbone: ResNet) -> Iterator[Slot]:
     c = _Counter()
     modules = list(_stem_slots(backbone, c))
-    for s, stage in enumerate(backbone.stages):
-        for b, block in enumerate(stage):
+    for s, stage in enumerate(backbone.stages.children()):
+        for b, block in enumerate(stage.children()):
             if getattr(block, "se", None) is not None:
                 raise ValueError("squeeze-excitation blocks have no official checkpoints to map")
             stride = 2 if (b == 0 and s > 0) else 1
