@@ -77,6 +77,7 @@ def test_tf1_saver_names_and_the_checkpoint_file(tf, tmp_path):
 
 def test_several_shards(tf, tmp_path):
     variables = {f"v{i}": tf.Variable(np.full((i + 1, 50), i, np.float32)) for i in range(4)}
+
     class OnePerShard(tf.train.experimental.ShardingCallback):
         description = "one tensor per shard"
 

@@ -158,7 +158,10 @@ class BottleneckBlock(tf.Module):
         if sk > 0:
             layers.append(SK_Conv2D(rng, names, filters, filters, stride, sk))
         else:
-            layers += [Conv2dFixedPadding(rng, names, filters, filters, 3, stride), BatchNormRelu(rng, names, filters)]
+            layers += [
+                Conv2dFixedPadding(rng, names, filters, filters, 3, stride),
+                BatchNormRelu(rng, names, filters),
+            ]
         layers += [
             _Placeholder(),
             Conv2dFixedPadding(rng, names, filters, 4 * filters, 1, 1),
@@ -186,7 +189,9 @@ class BlockGroup(tf.Module):
     def __init__(self, rng, names, cin: int, filters: int, blocks: int, stride: int, sk: float) -> None:
         super().__init__()
         self.layers = [BottleneckBlock(rng, names, cin, filters, stride, True, sk)]
-        self.layers += [BottleneckBlock(rng, names, 4 * filters, filters, 1, False, sk) for _ in range(1, blocks)]
+        self.layers += [
+            BottleneckBlock(rng, names, 4 * filters, filters, 1, False, sk) for _ in range(1, blocks)
+        ]
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         for layer in self.layers:
@@ -267,7 +272,9 @@ class Model(tf.Module):
         for j, layer in enumerate(self._projection_head.linear_layers):
             names.tf1[f"head_contrastive/nl_{j}/dense/kernel"] = layer.dense.kernel
             layer.bn_relu.bn.register(names, f"head_contrastive/nl_{j}/batch_normalization")
-        names.tf1["head_supervised/linear_layer/dense/kernel"] = self.supervised_head.linear_layer.dense.kernel
+        names.tf1["head_supervised/linear_layer/dense/kernel"] = (
+            self.supervised_head.linear_layer.dense.kernel
+        )
         names.tf1["head_supervised/linear_layer/dense/bias"] = self.supervised_head.linear_layer.dense.bias
         self.names = names  # a plain object: not tracked, so not in the TF2 checkpoint
 

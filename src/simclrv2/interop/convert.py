@@ -34,7 +34,15 @@ from torch import nn
 
 from simclrv2.checkpoint import CHECKPOINT_FORMAT, CheckpointError, atomic_save
 from simclrv2.config import DataConfig, ModelConfig, PretrainConfig, to_dict
-from simclrv2.interop.official import TF2_SUFFIX, ArchSpec, Slot, backbone_name, expected_slots, feature_dim
+from simclrv2.interop.official import (
+    TF2_SUFFIX,
+    ArchSpec,
+    Slot,
+    backbone_name,
+    expected_slots,
+    feature_dim,
+    meta_modules,
+)
 from simclrv2.interop.tensorbundle import TensorBundle, _fields
 from simclrv2.models import Classifier, FineTuneModel, ProjectionHead, SimCLRModel, create_backbone
 from simclrv2.models.resnet import BLOCKS_PER_STAGE
@@ -286,21 +294,23 @@ def inspect_names(
 def _detect_backbone(
     small: bool, deep: bool, width: float, tree: _Tree, root: str, tf2: bool, shape: Callable, path: str
 ) -> ArchSpec:
-    """The (depth, SK) whose expected names are all present and most numerous (deeper nets of the same
-    family contain the names of shallower ones)."""
-    best: tuple[int, ArchSpec] | None = None
+    """The (depth, SK) with the most of its expected names present, the fewest expected on a tie: deeper
+    nets of a family hold the names of shallower ones, and an incomplete file still tells its architecture
+    (the missing names are then listed by the plan)."""
+    best: tuple[int, int, ArchSpec] | None = None
     for depth, sk in _candidates(small, deep):
         spec = ArchSpec(backbone_name(depth, width, sk), small_images=small, head_layers=0)
         names = [(s.tf2 if tf2 else s.tf1) for s in _backbone_slots_cached(depth, sk, small)]
-        if all(tree.find(root + n) is not None for n in names) and (best is None or len(names) > best[0]):
-            best = (len(names), spec)
+        found = sum(tree.find(root + n) is not None for n in names)
+        if found >= 0.5 * len(names) and (best is None or (found, -len(names)) > (best[0], best[1])):
+            best = (found, -len(names), spec)
     if best is None:
         raise ConversionError(
             f"{path}: the backbone's names fit none of the ResNet depths {sorted(BLOCKS_PER_STAGE)} "
             f"(stem {'3x3 deep' if deep else '3x3 small-image' if small else '7x7'}, width {width:g}): "
             "not an official SimCLRv2 ResNet, or a truncated index"
         )
-    return best[1]
+    return best[2]
 
 
 _BACKBONE_CACHE: dict[tuple[int, bool, bool], list[Slot]] = {}
@@ -482,7 +492,7 @@ class _PretrainLayout(nn.Module):
 def target_module(plan: ConversionPlan) -> nn.Module:
     """The module whose state dict the output holds, built on the ``meta`` device (no memory)."""
     spec = plan.source.spec
-    with torch.device("meta"):
+    with meta_modules():
         backbone = create_backbone(spec.backbone, spec.small_images, tf_same_pool=not spec.small_images)
         head = (
             ProjectionHead(backbone.num_features, spec.head_layers, spec.head_dim)

@@ -17,6 +17,7 @@ it with the names recorded from the official code for all 13 released architectu
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ __all__ = [
     "backbone_name",
     "expected_slots",
     "feature_dim",
+    "meta_modules",
 ]
 
 TF2_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
@@ -119,9 +121,27 @@ def _bn_slots(key: str, bn: nn.Module, tf1: str, tf2: str) -> Iterator[Slot]:
         yield Slot(f"{key}.{attr}", shape, f"{tf1}/{tf_attr}", f"{tf2}/{tf_attr}", "none", trainable)
 
 
+_INIT_FUNCTIONS = ("normal_", "trunc_normal_", "uniform_", "kaiming_uniform_", "zeros_", "ones_")
+
+
+@contextlib.contextmanager
+def meta_modules() -> Iterator[None]:
+    """Build modules on the ``meta`` device with their initialisers switched off: shapes and names only,
+    no memory, and no time spent "initialising" meta tensors (which costs seconds for R152 3x)."""
+    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
+    try:
+        for name in _INIT_FUNCTIONS:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        with torch.device("meta"):
+            yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
 def _meta_backbone(spec: ArchSpec) -> ResNet:
     depth, width, sk = spec.depth_width_sk
-    with torch.device("meta"):
+    with meta_modules():
         return ResNet(depth, width, sk_ratio=sk, small_images=spec.small_images)
 
 
@@ -229,10 +249,15 @@ def expected_slots(spec: ArchSpec, supervised_in_dim: int | None = None) -> tupl
     ``supervised_in_dim``: the supervised head's input width (default h's width; the first head layer's
     output has the same width, so the shapes never tell which of the two the head reads).
     """
-    backbone = _meta_backbone(spec)
-    slots = list(_backbone_slots(backbone))
+    slots = list(_cached_backbone_slots(spec.backbone, spec.small_images))
+    h_dim = feature_dim(spec)
     if spec.head_layers > 0:
-        slots += _head_slots(spec, backbone.num_features)
+        slots += _head_slots(spec, h_dim)
     if spec.num_classes > 0:
-        slots += _supervised_slots(supervised_in_dim or backbone.num_features, spec.num_classes)
+        slots += _supervised_slots(supervised_in_dim or h_dim, spec.num_classes)
     return tuple(slots)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_backbone_slots(backbone: str, small_images: bool) -> tuple[Slot, ...]:
+    return tuple(_backbone_slots(_meta_backbone(ArchSpec(backbone, small_images))))
