@@ -140,9 +140,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_state_checked(module: nn.Module, state: dict[str, Any], path: str | Path) -> None:
+def load_state_checked(
+    module: nn.Module, state: dict[str, Any], path: str | Path, assign: bool = False
+) -> None:
     """``module.load_state_dict(state)`` (strict); a mismatch raises :class:`CheckpointError` listing the
-    missing, unexpected and mis-shaped keys (the checkpoint was made for another architecture)."""
+    missing, unexpected and mis-shaped keys (the checkpoint was made for another architecture).
+    ``assign``: the module takes the state's tensors instead of copying them (for a module built on
+    ``meta``, see :func:`simclrv2.models.meta.meta_modules`)."""
     own = module.state_dict()
     missing = sorted(k for k in own if k not in state)
     unexpected = sorted(k for k in state if k not in own)
@@ -161,4 +165,4 @@ def load_state_checked(module: nn.Module, state: dict[str, Any], path: str | Pat
             f"{path} does not fit this model ({'; '.join(problems)}): it was made for another architecture "
             "(backbone, head or number of classes); use the config it was trained with, or another run_dir."
         )
-    module.load_state_dict(state)
+    module.load_state_dict(state, assign=assign)

@@ -22,6 +22,8 @@ values, BN statistics included, so that no layer is an identity.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import tensorflow as tf
 
@@ -48,8 +50,10 @@ class _Kernel(tf.Module):
 
     def __init__(self, rng: np.random.Generator, shape: tuple[int, ...], bias: int = 0) -> None:
         super().__init__()
-        fan_in = int(np.prod(shape[:-1]))
-        self.kernel = tf.Variable(rng.normal(0, np.sqrt(2.0 / fan_in), shape).astype(np.float32))
+        fan_in = int(np.prod(shape[:-1]))  # std sqrt(1 / fan_in): the official VarianceScaling() init
+        self.kernel = tf.Variable(
+            rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(1 / fan_in))
+        )
         if bias:
             self.bias = tf.Variable(rng.normal(0, 0.1, bias).astype(np.float32))
 
@@ -62,8 +66,10 @@ class _BN(tf.Module):
         self.gamma = tf.Variable(rng.uniform(0.5, 1.5, channels).astype(np.float32))
         if center:
             self.beta = tf.Variable(rng.normal(0, 0.2, channels).astype(np.float32))
-        self.moving_mean = tf.Variable(rng.normal(0, 0.2, channels).astype(np.float32))
-        self.moving_variance = tf.Variable(rng.uniform(0.5, 2.0, channels).astype(np.float32))
+        self.moving_mean = tf.Variable(rng.normal(0, 0.2, channels).astype(np.float32), trainable=False)
+        self.moving_variance = tf.Variable(
+            rng.uniform(0.5, 2.0, channels).astype(np.float32), trainable=False
+        )
 
     def __call__(self, x: tf.Tensor) -> tf.Tensor:
         beta = getattr(self, "beta", None)
@@ -105,7 +111,7 @@ class Conv2dFixedPadding(tf.Module):
         return tf.nn.conv2d(x, self.conv2d.kernel, self.stride, "SAME" if self.stride == 1 else "VALID")
 
 
-class SK_Conv2D(tf.Module):  # noqa: N801 - the official class name
+class SK_Conv2D(tf.Module):
     def __init__(self, rng, names: _Names, cin: int, filters: int, stride: int, sk_ratio: float) -> None:
         super().__init__()
         self.conv2d_fixed_padding = Conv2dFixedPadding(rng, names, cin, 2 * filters, 3, stride)
@@ -203,25 +209,26 @@ BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 
 class Resnet(tf.Module):
-    def __init__(self, rng, names: _Names, depth: int, width: int, sk: float) -> None:
+    def __init__(self, rng, names: _Names, depth: int, width: float, sk: float) -> None:
         super().__init__()
+        half, full = round(32 * width), round(64 * width)  # the official widths are integers: 32w, 64w
         stem: list[tf.Module] = []
         if sk > 0:
             stem += [
-                Conv2dFixedPadding(rng, names, 3, 32 * width, 3, 2),
-                BatchNormRelu(rng, names, 32 * width),
-                Conv2dFixedPadding(rng, names, 32 * width, 32 * width, 3, 1),
-                BatchNormRelu(rng, names, 32 * width),
-                Conv2dFixedPadding(rng, names, 32 * width, 64 * width, 3, 1),
+                Conv2dFixedPadding(rng, names, 3, half, 3, 2),
+                BatchNormRelu(rng, names, half),
+                Conv2dFixedPadding(rng, names, half, half, 3, 1),
+                BatchNormRelu(rng, names, half),
+                Conv2dFixedPadding(rng, names, half, full, 3, 1),
             ]
         else:
-            stem.append(Conv2dFixedPadding(rng, names, 3, 64 * width, 7, 2))
-        stem += [_Placeholder(), BatchNormRelu(rng, names, 64 * width), _Placeholder(), _Placeholder()]
+            stem.append(Conv2dFixedPadding(rng, names, 3, full, 7, 2))
+        stem += [_Placeholder(), BatchNormRelu(rng, names, full), _Placeholder(), _Placeholder()]
         self.initial_conv_relu_max_pool = stem
         self.block_groups = []
-        cin = 64 * width
+        cin = full
         for g, blocks in enumerate(BLOCKS[depth]):
-            filters = 64 * width * 2**g
+            filters = full * 2**g
             self.block_groups.append(BlockGroup(rng, names, cin, filters, blocks, 1 if g == 0 else 2, sk))
             cin = 4 * filters
 
@@ -250,14 +257,15 @@ class LinearLayer(tf.Module):
 
 
 class Model(tf.Module):
-    """``resnet_model``, ``_projection_head`` (3 layers), ``supervised_head`` (on head output k)."""
+    """``resnet_model``, ``_projection_head`` (3 layers), ``supervised_head``; calling it gives h, the head
+    outputs and the logits of the supervised head on h (k = 0) and on head layer 1 (k = 1)."""
 
-    def __init__(self, depth: int, width: int, sk: float, num_classes: int, from_layer: int, seed: int = 0):
+    def __init__(self, depth: int, width: float, sk: float, num_classes: int, seed: int = 0):
         super().__init__()
         rng = np.random.default_rng(seed)
         names = _Names()
         self.resnet_model = Resnet(rng, names, depth, width, sk)
-        dim = 2048 * width
+        dim = 32 * round(64 * width)
         head = tf.Module()
         head.linear_layers = [
             LinearLayer(rng, dim, dim if j < 2 else 128, use_bias=j < 2, use_bn=True) for j in range(3)
@@ -268,7 +276,6 @@ class Model(tf.Module):
         self._track_trackable(head, name="_projection_head")
         self.supervised_head = tf.Module()
         self.supervised_head.linear_layer = LinearLayer(rng, dim, num_classes, use_bias=True, use_bn=False)
-        self.from_layer = from_layer
         for j, layer in enumerate(self._projection_head.linear_layers):
             names.tf1[f"head_contrastive/nl_{j}/dense/kernel"] = layer.dense.kernel
             layer.bn_relu.bn.register(names, f"head_contrastive/nl_{j}/batch_normalization")
@@ -284,12 +291,13 @@ class Model(tf.Module):
         for j, layer in enumerate(self._projection_head.linear_layers):
             x = layer(outs[-1])
             outs.append(tf.nn.relu(x) if j < 2 else x)
-        logits = self.supervised_head.linear_layer(outs[self.from_layer])
-        return {"h": h.numpy(), "head": [o.numpy() for o in outs[1:]], "logits": logits.numpy()}
+        logits = [self.supervised_head.linear_layer(outs[k]).numpy() for k in (0, 1)]
+        return {"h": h.numpy(), "head": [o.numpy() for o in outs[1:]], "logits": logits}
 
     def save_tf1(self, prefix: str) -> str:
         """A TF1 checkpoint under the official names, written by ``tf.compat.v1.train.Saver``."""
         step = tf.Variable(1000, dtype=tf.int64)
+        Path(prefix).parent.mkdir(parents=True, exist_ok=True)
         saver = tf.compat.v1.train.Saver(var_list={**self.names.tf1, "global_step": step})
         return saver.save(None, prefix)
 

@@ -30,6 +30,7 @@ from simclrv2.engine.runtime import (
 )
 from simclrv2.engine.tuning import candidates, choose_on_validation
 from simclrv2.models import FineTuneModel, ProjectionHead, create_backbone, load_pretrained_into
+from simclrv2.models.meta import meta_modules
 
 __all__ = ["build_model_from_checkpoint", "finetune", "load_split_pair", "model_arch"]
 
@@ -100,8 +101,9 @@ def build_model_from_checkpoint(ckpt: dict[str, Any] | str | Path) -> FineTuneMo
             f"a {ckpt.get('stage')!r} checkpoint has no 'arch' entry: "
             "expected a finetune or supervised checkpoint"
         )
-    model = build_model(ckpt["arch"])
-    load_state_checked(model, ckpt["model"], source)
+    with meta_modules():  # no random init of weights that are replaced at once (minutes for R152 3x)
+        model = build_model(ckpt["arch"])
+    load_state_checked(model, ckpt["model"], source, assign=True)
     return model
 
 

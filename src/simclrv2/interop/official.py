@@ -17,15 +17,14 @@ it with the names recorded from the official code for all 13 released architectu
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
+from simclrv2.models.meta import meta_modules
 from simclrv2.models.registry import parse_backbone_name
 from simclrv2.models.resnet import BLOCKS_PER_STAGE, BasicBlock, BottleneckBlock, ResNet, scaled_channels
 
@@ -119,24 +118,6 @@ def _bn_slots(key: str, bn: nn.Module, tf1: str, tf2: str) -> Iterator[Slot]:
             continue
         shape, trainable = tuple(tensor.shape), attr in ("weight", "bias")
         yield Slot(f"{key}.{attr}", shape, f"{tf1}/{tf_attr}", f"{tf2}/{tf_attr}", "none", trainable)
-
-
-_INIT_FUNCTIONS = ("normal_", "trunc_normal_", "uniform_", "kaiming_uniform_", "zeros_", "ones_")
-
-
-@contextlib.contextmanager
-def meta_modules() -> Iterator[None]:
-    """Build modules on the ``meta`` device with their initialisers switched off: shapes and names only,
-    no memory, and no time spent "initialising" meta tensors (which costs seconds for R152 3x)."""
-    saved = {name: getattr(nn.init, name) for name in _INIT_FUNCTIONS}
-    try:
-        for name in _INIT_FUNCTIONS:
-            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
-        with torch.device("meta"):
-            yield
-    finally:
-        for name, fn in saved.items():
-            setattr(nn.init, name, fn)
 
 
 def _meta_backbone(spec: ArchSpec) -> ResNet:
