@@ -27,7 +27,9 @@ from simclrv2.interop.official import TF2_SUFFIX
 from simclrv2.models import FineTuneModel, ProjectionHead, create_backbone
 from simclrv2.models.meta import meta_modules
 
-NAMES = json.loads(gzip.open(Path(__file__).parent / "data" / "official_names.json.gz").read())["archs"]
+NAMES = json.loads(gzip.decompress((Path(__file__).parent / "data" / "official_names.json.gz").read_bytes()))[
+    "archs"
+]
 TOLERANCE = 1e-4  # relative to the largest magnitude of each output
 
 

@@ -19,7 +19,7 @@ from simclrv2.interop.convert import CATEGORIES, ConversionError, plan_conversio
 from simclrv2.interop.official import TF2_SUFFIX, ArchSpec, expected_slots
 from simclrv2.models.registry import OFFICIAL_BACKBONES
 
-DATA = json.loads(gzip.open(Path(__file__).parent / "data" / "official_names.json.gz").read())
+DATA = json.loads(gzip.decompress((Path(__file__).parent / "data" / "official_names.json.gz").read_bytes()))
 ARCHS = DATA["archs"]
 
 # What each category's classifier reads (SPEC §2; the paper and the official README): h or head layer 1.
