@@ -27,3 +27,12 @@ def tf():
         except RuntimeError:  # already initialised by an earlier test
             pass
     return tensorflow
+
+
+@pytest.fixture(scope="session")
+def written(tf, tmp_path_factory):
+    """r50_1x_sk0 and r50_1x_sk1 reference networks: TensorFlow's outputs and their TF1/TF2 checkpoints."""
+    from parity import Written
+
+    root = tmp_path_factory.mktemp("tf")
+    return {arch: Written(tf, root, arch) for arch in ("r50_1x_sk0", "r50_1x_sk1")}

@@ -11,13 +11,12 @@ the tests fast; the 224 px check is run by hand (tests/interop/README.md).
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from parity import TOLERANCE, Written, quiet, reference, rel  # beside this file
 
 from simclrv2.checkpoint import load_checkpoint
 from simclrv2.cli import main
@@ -25,97 +24,6 @@ from simclrv2.engine.finetune import build_model_from_checkpoint
 from simclrv2.interop.convert import ConversionError, convert_checkpoint
 from simclrv2.interop.official import TF2_SUFFIX
 from simclrv2.models import FineTuneModel, ProjectionHead, create_backbone
-from simclrv2.models.meta import meta_modules
-
-NAMES = json.loads(gzip.decompress((Path(__file__).parent / "data" / "official_names.json.gz").read_bytes()))[
-    "archs"
-]
-TOLERANCE = 1e-4  # relative to the largest magnitude of each output
-
-
-def _reference(arch: str, seed: int = 0):
-    from tf_reference import Model  # beside this file (pytest puts its directory on sys.path)
-
-    depth, width, sk = arch[1:].split("_")
-    return Model(int(depth), float(width[:-1]), 0.0625 if sk == "sk1" else 0.0, 1000, seed=seed)
-
-
-def _images(size: int = 72, n: int = 2) -> np.ndarray:
-    return np.random.default_rng(1).uniform(0, 1, (n, size, size, 3)).astype(np.float32)
-
-
-def _rel(ours: torch.Tensor, theirs: np.ndarray) -> float:
-    return float(np.abs(ours.detach().numpy() - theirs).max() / np.abs(theirs).max())
-
-
-def _quiet(source: Path, output: Path, **kwargs: object):
-    return convert_checkpoint(source, output, say=lambda _: None, show_progress=False, **kwargs)  # type: ignore[arg-type]
-
-
-class Written:
-    """One reference network: TensorFlow's outputs on fixed images, and its TF1 and TF2 checkpoints."""
-
-    def __init__(self, tf, root: Path, arch: str) -> None:
-        self.arch, self.model, self.x = arch, _reference(arch), _images()
-        self.theirs = self.model(tf.constant(self.x))
-        tf1 = {
-            n: tuple(s) for n, s in NAMES[arch]["tf1"] if not n.endswith("/Momentum") and n != "global_step"
-        }
-        assert {n: tuple(v.shape) for n, v in self.model.names.tf1.items()} == tf1  # the official TF1 names
-        self.tf1 = root / "tf1" / arch
-        self.model.save_tf1(str(self.tf1 / "model.ckpt-1000"))
-        prefix = self.model.save_tf2(str(root / "tf2" / arch / "ckpt"))
-        written = {n: tuple(s) for n, s in tf.train.list_variables(prefix)}
-        assert written == {n: tuple(s) for n, s in NAMES[arch]["tf2_checkpoint"]}  # the official TF2 paths
-        self.tf2 = Path(prefix).parent
-
-    def compare(self, tmp_path: Path, flavour: str, category: str, from_layer: int) -> dict[str, float]:
-        """Convert once and compare with TensorFlow's outputs (relative errors). As a pretraining checkpoint
-        (category pretrained): h, the three head outputs, and the logits of the linear-eval head on h; as a
-        classifier: h, the kept head layer (k = 1), and the logits on head output k."""
-        source = self.tf1 if flavour == "tf1" else self.tf2
-        plan = _quiet(source, tmp_path / "converted.pt", category=category)
-        assert plan.source.flavour == flavour and plan.from_layer == from_layer
-        ckpt = load_checkpoint(tmp_path / "converted.pt", stage=plan.stage)
-        images = torch.from_numpy(self.x).permute(0, 3, 1, 2).contiguous()  # NHWC -> NCHW, RGB in [0, 1]
-        if plan.output_format == "pretrain":
-            assert ckpt["config"]["model"]["tf_same_pool"]
-            state = {k[len("model.") :]: v for k, v in ckpt["model"].items() if k.startswith("model.")}
-            with meta_modules():  # filled below: no random init
-                model = FineTuneModel(create_backbone(self.arch, tf_same_pool=True), None, 0, 1000)
-                head = ProjectionHead(model.backbone.num_features, 3, 128)
-            probe = {
-                "classifier.weight": ckpt["model"]["classifier.weight"],
-                "classifier.bias": ckpt["model"]["classifier.bias"],
-            }
-            backbone = {k: v for k, v in state.items() if k.startswith("backbone.")}
-            model.load_state_dict({**backbone, **probe}, assign=True)
-            head.load_state_dict(
-                {k[len("head.") :]: v for k, v in state.items() if k.startswith("head.")}, assign=True
-            )
-            layers = list(head.eval().layers)
-        else:
-            assert ckpt["arch"]["tf_same_pool"]
-            model = build_model_from_checkpoint(ckpt)
-            layers = list(model.head.layers) if model.head is not None else []
-        with torch.no_grad():
-            outs = [model.eval().backbone(images)]
-            for layer in layers:
-                outs.append(layer.eval()(outs[-1]))
-            logits = model(images)
-        errors = {
-            "h": _rel(outs[0], self.theirs["h"]),
-            "logits": _rel(logits, self.theirs["logits"][from_layer]),
-        }
-        errors.update({f"head{j}": _rel(outs[j], self.theirs["head"][j - 1]) for j in range(1, len(outs))})
-        print(f"{self.arch} {flavour} {category}: relative errors {errors}")
-        return errors
-
-
-@pytest.fixture(scope="module")
-def written(tf, tmp_path_factory) -> dict[str, Written]:
-    root = tmp_path_factory.mktemp("tf")
-    return {arch: Written(tf, root, arch) for arch in ("r50_1x_sk0", "r50_1x_sk1")}
 
 
 @pytest.mark.parametrize(
@@ -143,7 +51,7 @@ def test_width_2(tf, tmp_path):
 def test_pytorch_max_pool_padding_would_break_parity(written, tmp_path):
     """The control: the same weights with PyTorch's symmetric stem max-pool padding miss by far more."""
     ref = written["r50_1x_sk0"]
-    _quiet(ref.tf1, tmp_path / "c.pt", category="finetuned_100pct")
+    quiet(ref.tf1, tmp_path / "c.pt", category="finetuned_100pct")
     ckpt = load_checkpoint(tmp_path / "c.pt")
     backbone = create_backbone(ckpt["arch"]["backbone"])  # tf_same_pool off
     model = FineTuneModel(backbone, ProjectionHead(backbone.num_features, 3, 128), 0, 1000)
@@ -151,25 +59,25 @@ def test_pytorch_max_pool_padding_would_break_parity(written, tmp_path):
     images = torch.from_numpy(ref.x).permute(0, 3, 1, 2).contiguous()
     with torch.no_grad():
         logits = model.eval()(images)
-    assert _rel(logits, ref.theirs["logits"][0]) > 100 * TOLERANCE
+    assert rel(logits, ref.theirs["logits"][0]) > 100 * TOLERANCE
 
 
 def test_ema_copies_and_the_saved_model_layout(tf, written, tmp_path):
     """--ema takes the ema_model/ copies; a SavedModel (positional trainable_variables_list/N keys, as
     tf2/run.py's build_saved_model writes it) converts through its object graph."""
-    live, ema = written["r50_1x_sk1"], _reference("r50_1x_sk1", seed=7)
+    live, ema = written["r50_1x_sk1"], reference("r50_1x_sk1", seed=7)
     root = tmp_path / "finetuned_1pct" / "r50_1x_sk1"
     root.mkdir(parents=True)
     names = live.model.names.tf1
     var_list = {**names, **{f"ema_model/{n}": v for n, v in ema.names.tf1.items() if "supervised" not in n}}
     tf.compat.v1.train.Saver(var_list=var_list).save(None, str(root / "model.ckpt-5"))
-    plan = _quiet(root, tmp_path / "c.pt", ema=True)
+    plan = quiet(root, tmp_path / "c.pt", ema=True)
     assert any("no EMA copy" in n for n in plan.notes)  # the linear head: live weights
     assert plan.skipped["EMA copies (ema_model/; --ema takes them)"] == 0
     model = build_model_from_checkpoint(load_checkpoint(tmp_path / "c.pt")).eval()
     with torch.no_grad():
         h = model.backbone(torch.from_numpy(live.x).permute(0, 3, 1, 2).contiguous())
-    assert _rel(h, ema(tf.constant(live.x))["h"]) < TOLERANCE
+    assert rel(h, ema(tf.constant(live.x))["h"]) < TOLERANCE
 
     class SavedModule(tf.Module):  # the attributes of tf2/run.py's build_saved_model module
         def __init__(self, model):
@@ -181,12 +89,12 @@ def test_ema_copies_and_the_saved_model_layout(tf, written, tmp_path):
     tf.saved_model.save(SavedModule(live.model), str(saved))
     keys = [n for n, _ in tf.train.list_variables(str(saved / "variables" / "variables"))]
     assert any(k.startswith("trainable_variables_list/") for k in keys)
-    plan = _quiet(saved.parent, tmp_path / "sm.pt", category="finetuned_1pct")
+    plan = quiet(saved.parent, tmp_path / "sm.pt", category="finetuned_1pct")
     assert plan.source.flavour == "tf2" and plan.from_layer == 1
     model = build_model_from_checkpoint(load_checkpoint(tmp_path / "sm.pt")).eval()
     with torch.no_grad():
         logits = model(torch.from_numpy(live.x).permute(0, 3, 1, 2).contiguous())
-    assert _rel(logits, live.theirs["logits"][1]) < TOLERANCE
+    assert rel(logits, live.theirs["logits"][1]) < TOLERANCE
 
 
 def test_cli_convert_summary_and_refusals(written, tmp_path, capsys):

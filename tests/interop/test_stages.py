@@ -77,7 +77,9 @@ def test_predict_and_export_a_converted_classifier(converted, tmp_path, capsys):
     assert len(lines) == 2 and all(line.split("\t")[1].split(":")[0] in classifier.classes for line in lines)
     assert (classifier.image_size, classifier.load_size) == (224, 256) and classifier.classes[1] == "goldfish"
     out = tmp_path / "model.torchscript.pt"
-    assert main(["export", "--model", str(converted["teacher"]), "--format", "torchscript", "-o", str(out)]) == 0
+    assert (
+        main(["export", "--model", str(converted["teacher"]), "--format", "torchscript", "-o", str(out)]) == 0
+    )
     traced = torch.jit.load(str(out))
     x = torch.randint(0, 256, (2, 3, 256, 256), dtype=torch.uint8)
     with torch.no_grad():

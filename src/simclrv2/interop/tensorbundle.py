@@ -276,17 +276,15 @@ def find_bundle_prefix(path: str | Path) -> Path:
 
 
 def _checkpoint_file_prefix(directory: Path) -> Path | None:
-    """The prefix the ``checkpoint`` text file names (``model_checkpoint_path: "model.ckpt-250228"``)."""
+    """The prefix the ``checkpoint`` text file names (``model_checkpoint_path: "model.ckpt-250228"``),
+    looked for beside that file: the name may be a path on the machine (or bucket) that wrote it."""
     state = directory / "checkpoint"
     if not state.is_file():
         return None
     for line in state.read_text(errors="replace").splitlines():
         if line.startswith("model_checkpoint_path:"):
             name = line.split(":", 1)[1].strip().strip('"')
-            prefix = Path(name) if Path(name).is_absolute() else directory / name
-            if Path(f"{prefix}.index").is_file():
-                return prefix
-            local = directory / Path(name).name  # written on another machine: look beside the file
+            local = directory / name.replace("\\", "/").rsplit("/", 1)[-1]
             if Path(f"{local}.index").is_file():
                 return local
             raise BundleError(f"{state} names {name}, but {local}.index does not exist: download it too")

@@ -17,6 +17,7 @@ TensorFlow files, ``<category>_<arch>.pt`` for the conversion). ``$SIMCLRV2_ZOO_
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import urllib.error
@@ -124,7 +125,10 @@ def resolve(ref: str, say: Callable[[str], None] = print, show_progress: bool = 
     if not _complete(tf_dir):
         download(category, arch, tf_dir, say, show_progress)
     say(f"zoo: converting {category}/{arch} (once; reused from {out})")
-    convert_checkpoint(tf_dir, out, category=category, say=say, show_progress=show_progress)
+    plan = convert_checkpoint(tf_dir, out, category=category, say=say, show_progress=show_progress)
+    if plan.source.spec.backbone != arch:
+        out.unlink()
+        raise ZooError(f"{tf_dir} holds a {plan.source.spec.backbone}, not {arch}: remove it and fetch again")
     return out
 
 
@@ -153,7 +157,7 @@ def download(
         for shard in range(shards):
             name = f"{prefix}.data-{shard:05d}-of-{shards:05d}"
             _fetch(f"{url}/{name}", tf_dir / name, show_progress)
-    except (urllib.error.URLError, OSError, TimeoutError) as err:
+    except (urllib.error.URLError, OSError, TimeoutError, http.client.HTTPException) as err:
         raise ZooError(_offline_message(category, arch, tf_dir, url, prefix, err)) from None
     say(f"zoo: downloaded {category}/{arch} into {tf_dir}")
 
