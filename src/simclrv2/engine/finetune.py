@@ -103,7 +103,10 @@ def build_model_from_checkpoint(ckpt: dict[str, Any] | str | Path) -> FineTuneMo
         )
     with meta_modules():  # no random init of weights that are replaced at once (minutes for R152 3x)
         model = build_model(ckpt["arch"])
-    load_state_checked(model, ckpt["model"], source, assign=True)
+    # The module takes the checkpoint's tensors (no copy), in the default memory format as a freshly built
+    # module has them (a run trained channels-last saves channels-last weights).
+    state = {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in ckpt["model"].items()}
+    load_state_checked(model, state, source, assign=True)
     return model
 
 
