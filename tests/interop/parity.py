@@ -43,19 +43,22 @@ def quiet(source: Path, output: Path, **kwargs: object):
 class Written:
     """One reference network: TensorFlow's outputs on fixed images, and its TF1 and TF2 checkpoints."""
 
-    def __init__(self, tf, root: Path, arch: str) -> None:
+    def __init__(self, tf, root: Path, arch: str, flavours: tuple[str, ...] = ("tf1", "tf2")) -> None:
         self.arch, self.model, self.x = arch, reference(arch), images()
         self.theirs = self.model(tf.constant(self.x))
         tf1 = {
             n: tuple(s) for n, s in NAMES[arch]["tf1"] if not n.endswith("/Momentum") and n != "global_step"
         }
         assert {n: tuple(v.shape) for n, v in self.model.names.tf1.items()} == tf1  # the official TF1 names
-        self.tf1 = root / "tf1" / arch
-        self.model.save_tf1(str(self.tf1 / "model.ckpt-1000"))
-        prefix = self.model.save_tf2(str(root / "tf2" / arch / "ckpt"))
-        written = {n: tuple(s) for n, s in tf.train.list_variables(prefix)}
-        assert written == {n: tuple(s) for n, s in NAMES[arch]["tf2_checkpoint"]}  # the official TF2 paths
-        self.tf2 = Path(prefix).parent
+        self.tf1, self.tf2 = root / "tf1" / arch, root / "tf2" / arch
+        if "tf1" in flavours:
+            self.model.save_tf1(str(self.tf1 / "model.ckpt-1000"))
+        if "tf2" in flavours:
+            prefix = self.model.save_tf2(str(self.tf2 / "ckpt"))
+            written = {n: tuple(s) for n, s in tf.train.list_variables(prefix)}
+            assert written == {
+                n: tuple(s) for n, s in NAMES[arch]["tf2_checkpoint"]
+            }  # the official TF2 paths
 
     def compare(self, tmp_path: Path, flavour: str, category: str, from_layer: int) -> dict[str, float]:
         """Convert once and compare with TensorFlow's outputs (relative errors). As a pretraining checkpoint
