@@ -60,7 +60,9 @@ def test_pytorch_max_pool_padding_would_break_parity(written, tmp_path):
     images = torch.from_numpy(ref.x).permute(0, 3, 1, 2).contiguous()
     with torch.no_grad():
         logits = model.eval()(images)
-    assert rel(logits, ref.theirs["logits"][0]) > 100 * TOLERANCE
+    miss = rel(logits, ref.theirs["logits"][0])
+    print(f"PyTorch max-pool padding: logits off by {miss:.3g} relative")
+    assert miss > 100 * TOLERANCE
 
 
 def test_ema_copies_and_the_saved_model_layout(tf, tmp_path):
