@@ -86,3 +86,14 @@ def test_keep_epochs_keeps_a_copy_of_those_epochs_checkpoints_with_knn(tmp_path:
     assert (
         main(["pretrain", *_sets(*settings, "epochs=3", "keep_epochs=[4]", f"run_dir={tmp_path / 'x'}")]) == 2
     )
+
+
+def test_auto_precision_is_fp32_when_onednn_is_capped_below_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ONEDNN_MAX_CPU_ISA=AVX2`` reproduces a CPU without AVX-512 (bf16 only emulated): ``auto`` picks fp32
+    there, whatever the CPU itself reports."""
+    from simclrv2.engine.runtime import cpu_has_fast_bf16, resolve_precision
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not cpu_has_fast_bf16()
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"  # asked for explicitly: kept

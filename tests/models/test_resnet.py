@@ -292,6 +292,39 @@ def test_bad_arguments_raise(kwargs: dict) -> None:
         ResNet(**kwargs)
 
 
+@pytest.mark.parametrize("in_channels", [1, 4, 7, 8, 16])
+@pytest.mark.parametrize("size", [7, 8, 15])
+def test_strided_pointwise_conv_equals_the_strided_convolution(in_channels: int, size: int) -> None:
+    """The oneDNN detour (subsample, then stride 1) is the same function with the same parameters as a 1x1
+    stride-2 convolution, checked in fp64 NCHW (ATen's own kernel, not the broken one), odd sizes included."""
+    from simclrv2.models.resnet import StridedPointwiseConv2d
+
+    torch.manual_seed(0)
+    ours = StridedPointwiseConv2d(in_channels, 8, 1, stride=2, bias=False).double()
+    plain = nn.Conv2d(in_channels, 8, 1, stride=2, bias=False).double()
+    plain.load_state_dict(ours.state_dict())
+    x = torch.randn(3, in_channels, size, size, dtype=torch.float64, requires_grad=True)
+    y = ours(x)
+    y_plain = plain(x)
+    torch.testing.assert_close(y, y_plain, rtol=0, atol=1e-12)
+    gy = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, ours.weight), gy)
+    gx_plain, gw_plain = torch.autograd.grad(y_plain, (x, plain.weight), gy)
+    torch.testing.assert_close(gx, gx_plain, rtol=0, atol=1e-12)
+    torch.testing.assert_close(gw, gw_plain, rtol=1e-12, atol=1e-12)
+
+
+def test_projection_shortcut_keeps_its_checkpoint_keys() -> None:
+    """The detour changes no parameter name or shape: checkpoints of earlier versions load as before."""
+    from simclrv2.models.resnet import StridedPointwiseConv2d
+
+    model = ResNet(18, 0.0625)
+    shortcut = model.stages[1][0].shortcut
+    assert isinstance(shortcut.conv, StridedPointwiseConv2d) and shortcut.conv.stride == (2, 2)
+    assert "stages.1.0.shortcut.conv.weight" in model.state_dict()
+    assert model.state_dict()["stages.1.0.shortcut.conv.weight"].shape == (8, 4, 1, 1)
+
+
 def _tf_same_max_pool_reference(x: np.ndarray, k: int = 3, s: int = 2) -> np.ndarray:
     """TF "SAME" max-pooling by its definition: out = ceil(n / s); pad_total = max((out - 1) * s + k - n, 0),
     the smaller half before; padded cells never win."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -39,8 +40,26 @@ def device_type(name: str) -> str:
     return torch.device(name).type
 
 
+# oneDNN ISA caps (ONEDNN_MAX_CPU_ISA) below AVX512_CORE_BF16: bf16 is emulated there, slower than fp32.
+_ONEDNN_ISAS_WITHOUT_BF16 = (
+    "SSE41",
+    "AVX",
+    "AVX2",
+    "AVX2_VNNI",
+    "AVX2_VNNI_2",
+    "AVX512_CORE",
+    "AVX512_CORE_VNNI",
+)
+
+
 def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with AMX or AVX512-BF16, where oneDNN runs bf16 convolutions faster than fp32."""
+    """True on CPUs with AMX or AVX512-BF16, where oneDNN runs bf16 convolutions faster than fp32, unless
+    oneDNN or ATen is capped below AVX-512 (``ONEDNN_MAX_CPU_ISA=AVX2``, ``ATEN_CPU_CAPABILITY=avx2``: how a
+    machine without AVX-512 is reproduced on one with it, see tests/models/test_avx2_kernels.py)."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _ONEDNN_ISAS_WITHOUT_BF16:
+        return False
+    if not torch.backends.cpu.get_cpu_capability().upper().startswith("AVX512"):
+        return False
     probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes)
 

@@ -29,6 +29,7 @@ __all__ = [
     "ResNetDAvgPool",
     "SelectiveKernelConv",
     "SqueezeExcite",
+    "StridedPointwiseConv2d",
     "TFSameMaxPool2d",
     "scaled_channels",
     "tf_variance_scaling_",
@@ -83,6 +84,28 @@ def _conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1
     )
     tf_variance_scaling_(conv.weight)
     return conv
+
+
+# oneDNN workaround (torch 2.14.1, which bundles oneDNN v3.12.0): on CPUs whose best ISA is AVX2 (no
+# AVX-512, or ONEDNN_MAX_CPU_ISA=AVX2), the weight gradient of a 1x1 convolution with stride > 1 and 2-7
+# input channels in channels-last layout (oneDNN's jit_avx2_1x1_convolution_bwd_weights_t, "jit_1x1:avx2"
+# in ONEDNN_VERBOSE) corrupts memory: a segmentation fault, an abort, a bus error or a hang, or silently
+# wrong gradients (relative error 0.1-1). NCHW, 3x3 kernels, stride 1 and >= 8 input channels are sound there
+# (measured for every conv shape our models build; tests/models/test_avx2_kernels.py). Remove
+# StridedPointwiseConv2d's detour once a torch upgrade makes that test pass without it.
+ONEDNN_AVX2_1X1_MIN_CHANNELS = 8
+
+
+class StridedPointwiseConv2d(nn.Conv2d):
+    """A 1×1 convolution with stride s that, on the CPU with fewer than 8 input channels, takes every s-th row
+    and column first and then convolves with stride 1: the same function and the same parameters (so the
+    same checkpoints), without reaching the broken oneDNN kernel described above."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sh, sw = self.stride
+        if (sh, sw) != (1, 1) and self.in_channels < ONEDNN_AVX2_1X1_MIN_CHANNELS and x.device.type == "cpu":
+            return F.conv2d(x[:, :, ::sh, ::sw], self.weight, self.bias)
+        return super().forward(x)
 
 
 def _bn(channels: int, zero_init: bool = False) -> nn.BatchNorm2d:
@@ -159,7 +182,9 @@ def _projection_shortcut(in_channels: int, out_channels: int, stride: int, resne
                 bn=_bn(out_channels),
             )
         )
-    return nn.Sequential(OrderedDict(conv=_conv(in_channels, out_channels, 1, stride), bn=_bn(out_channels)))
+    conv = StridedPointwiseConv2d(in_channels, out_channels, 1, stride=stride, bias=False)
+    tf_variance_scaling_(conv.weight)
+    return nn.Sequential(OrderedDict(conv=conv, bn=_bn(out_channels)))
 
 
 class SqueezeExcite(nn.Module):
