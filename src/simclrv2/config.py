@@ -79,8 +79,9 @@ class AugmentSettings:
 class OptimConfig:
     optimizer: str = "lars"
     """lars (SPEC 4) or sgd (momentum SGD, same groups)."""
-    base_lr: float = 0.1
-    """Learning rate before scaling; peak LR = scale(base_lr, batch_size)."""
+    base_lr: float | None = 0.1
+    """Learning rate before scaling; peak LR = scale(base_lr, batch_size). Fine-tuning's default is None: the
+    SPEC 4 rule by architecture (0.005 for ResNets up to 1x wide without SK, 0.002 for wider or SK nets)."""
     lr_scaling: str = "sqrt"
     """sqrt (base * sqrt(B), SimCLRv2), linear (base * B / 256) or none."""
     weight_decay: float = 1e-4
@@ -198,10 +199,9 @@ class PretrainConfig:
 
 
 def _finetune_optim() -> OptimConfig:
-    # SPEC 4: LARS, 0.005 * sqrt(B) for R50 1x (0.002 * sqrt(B) for wider/SK nets), no wd, no warmup.
-    return OptimConfig(
-        optimizer="lars", base_lr=0.005, lr_scaling="sqrt", weight_decay=0.0, warmup_epochs=0.0
-    )
+    # SPEC 4: LARS, 0.005 * sqrt(B) for R50 1x, 0.002 * sqrt(B) for wider/SK nets (base_lr None: the rule,
+    # engine.finetune.finetune_base_lr), no wd, no warmup.
+    return OptimConfig(optimizer="lars", base_lr=None, lr_scaling="sqrt", weight_decay=0.0, warmup_epochs=0.0)
 
 
 def _supervised_optim() -> OptimConfig:
@@ -224,8 +224,9 @@ class FinetuneConfig:
     label_index_file: str | None = None
     """Where the chosen indices live (default run_dir/label_indices.txt); loaded if it exists, so several
     stages can share one subset."""
-    from_layer: int = 1
-    """Fine-tune from head layer k: 0 = h (drop the head), 1 = SimCLRv2 default, -1 = z (SPEC 2)."""
+    from_layer: int | None = None
+    """Fine-tune from head layer k: 0 = h (drop the head), 1 = SimCLRv2's choice for 1%/10%, -1 = z (SPEC 2).
+    None = the paper's rule: 1 below 100% labels, 0 at 100% (SPEC 4)."""
     lr_grid: list[float] = field(default_factory=lambda: [1.0])
     """Multipliers of the scaled base LR; with more than one (LR, epochs) candidate each is tried on a
     validation split of the labeled subset and the best is retrained on all of it (as the supervised
@@ -238,8 +239,10 @@ class FinetuneConfig:
     """Start from the EMA encoder of a run pretrained with ``memory.size > 0`` instead of the online one."""
     epochs: int | None = None
     """None = the paper's rule: 60 epochs below 10% labels, 30 from 10% up (SPEC 4)."""
-    batch_size: int = 256
-    """Clamped to the labeled subset size when that is smaller (said in the log)."""
+    batch_size: int | None = None
+    """None = 256, or for small labeled sets about 12 steps per epoch (min 16; the paper's 1% run has 12.5):
+    100 labels -> 16, 600 -> 32. Training runs ``N * epochs // batch_size + 1`` steps (the labeled set
+    repeated)."""
     max_steps: int | None = None
     """Stop after this many steps (smoke tests); the schedule still spans ``epochs``."""
     crop_min_scale: float = 0.08
@@ -257,7 +260,7 @@ class FinetuneConfig:
         if not self.pretrained:
             raise ConfigError("pretrained: give the pretraining checkpoint, e.g. --pretrained runs/x/last.pt")
         _validate_classify(self)
-        if self.from_layer < -1:
+        if self.from_layer is not None and self.from_layer < -1:
             raise ConfigError(f"from_layer must be -1 (z) or >= 0, got {self.from_layer}.")
 
 
@@ -275,7 +278,8 @@ class SupervisedConfig:
     """None = small-image stem when the crop is <= 64 px (as in pretraining)."""
     epochs: int | None = None
     """None = the fine-tuning rule: 60 epochs below 10% labels, 30 from 10% up."""
-    batch_size: int = 256
+    batch_size: int | None = None
+    """As in fine-tuning: None = 256, or about 12 steps per epoch for small labeled sets."""
     max_steps: int | None = None
     crop_min_scale: float = 0.08
     lr_grid: list[float] = field(default_factory=lambda: [0.3, 1.0, 3.0])
@@ -326,8 +330,8 @@ class LinearEvalConfig:
     network on crop + flip views with momentum SGD, LR base_lr * B / 256, cosine, ``epochs`` epochs."""
     epochs: int = 90
     """augmented only: epochs (90 on ImageNet, 100 on CIFAR)."""
-    batch_size: int = 256
-    """augmented only."""
+    batch_size: int | None = None
+    """augmented only; as in fine-tuning (None = 256, or about 12 steps per epoch for small labeled sets)."""
     base_lr: float = 0.1
     """augmented only: LR = base_lr * B / 256."""
     max_steps: int | None = None
@@ -353,7 +357,8 @@ class LinearEvalConfig:
         _check_range("val_fraction", self.val_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
         _check_positive("max_iter", self.max_iter)
         for key in ("epochs", "batch_size", "base_lr"):
-            _check_positive(key, get_key(self, key))
+            if get_key(self, key) is not None:
+                _check_positive(key, get_key(self, key))
         if self.max_steps is not None:
             _check_positive("max_steps", self.max_steps)
         _check_positive("knn_k", self.knn_k)
@@ -515,8 +520,12 @@ def _validate_classify(c: Any, labels: bool = True) -> None:
     _check_choice("optim.lr_scaling", c.optim.lr_scaling, ("sqrt", "linear", "none"))
     if labels:
         _check_label_spec(c.labels)
-    _check_positive("batch_size", c.batch_size)
-    _check_positive("optim.base_lr", c.optim.base_lr)
+    if c.batch_size is not None:
+        _check_positive("batch_size", c.batch_size)
+    if c.optim.base_lr is not None:
+        _check_positive("optim.base_lr", c.optim.base_lr)
+    elif not isinstance(c, FinetuneConfig):
+        raise ConfigError("optim.base_lr: only fine-tuning has a default rule; give a value, e.g. 0.1.")
     _check_nonnegative("optim.weight_decay", c.optim.weight_decay)
     _check_range("optim.momentum", c.optim.momentum, 0.0, 1.0, hi_open=True)
     _check_nonnegative("optim.warmup_epochs", c.optim.warmup_epochs)
@@ -558,8 +567,8 @@ def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
         raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}.")
 
 
-def _check_positive(key: str, value: float) -> None:
-    if not value > 0:
+def _check_positive(key: str, value: float | None) -> None:
+    if value is None or not value > 0:
         raise ConfigError(f"{key} must be > 0, got {value!r}.")
 
 

@@ -79,7 +79,7 @@ def test_alpha_mix_uses_the_teachers_labels_and_bad_input_is_refused(
         _config(teacher, tmp_path / "u", "exclude_labeled=true", "max_steps=1"), show_progress=False
     )
     labeled = int(load_checkpoint(teacher)["num_labeled"])
-    assert only_unlabeled["steps_per_epoch"] == (96 - labeled) // 32 and labeled > 0
+    assert only_unlabeled["steps_per_epoch"] == (96 - labeled) / 32 and labeled > 0
     with pytest.raises(Exception, match="pretrain' checkpoint; the teacher must be a"):
         distill(_config(pretrained_checkpoint, tmp_path / "bad"), show_progress=False)
     with pytest.raises(ConfigError, match="alpha must be in"):

@@ -44,7 +44,8 @@ def test_finetune_end_to_end_and_exact_resume(
     results = json.loads((full / "results.json").read_text())
     assert results["stage"] == "finetune" and results["from_layer"] == 1
     assert results["num_labeled"] == len((full / "label_indices.txt").read_text().split())
-    assert results["step"] == results["total_steps"] == 2 * results["steps_per_epoch"]
+    official = results["num_train"] * results["epochs"] // results["batch_size"] + 1  # TF run.py's rule
+    assert results["step"] == results["total_steps"] == official
     evaluation = json.loads((full / "eval.json").read_text())
     assert 0 <= evaluation["top1"] <= 100 and len(evaluation["per_class"]) == 10
     preds = json.loads((full / "predictions.json").read_text())
@@ -103,3 +104,35 @@ def test_resume_without_a_checkpoint_or_an_interrupted_search_is_refused(
 ) -> None:
     assert main([*_ft(pretrained_checkpoint, tmp_path / "none"), "--resume"]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("backbone", "base_lr"),
+    [
+        ("r50_1x_sk0", 0.005),  # SPEC 4: 0.005 * sqrt(B) for R50 1x
+        ("r18_0.25x_sk0", 0.005),  # narrower than 1x, no SK: the R50 1x rule
+        ("r101_1x_sk0", 0.005),
+        ("r50_1x_sk1", 0.002),  # SK
+        ("r50_2x_sk0", 0.002),  # wider
+        ("r50_2x_sk1", 0.002),
+        ("r152_3x_sk1", 0.002),
+        ("r18_0.5x_sk1", 0.002),
+    ],
+)
+def test_fine_tuning_lr_rule_by_architecture(backbone: str, base_lr: float) -> None:
+    from simclrv2.engine.finetune import finetune_base_lr
+
+    assert finetune_base_lr(backbone) == base_lr
+
+
+def test_finetune_applies_the_lr_rule_unless_the_lr_is_set(
+    pretrained_checkpoint: Path, tmp_path: Path
+) -> None:
+    """r18_0.25x_sk0: peak LR 0.005 * sqrt(16) by default; an explicit optim.base_lr wins."""
+    assert main(_ft(pretrained_checkpoint, tmp_path / "rule", "max_steps=1")) == 0
+    rule = json.loads((tmp_path / "rule" / "results.json").read_text())
+    assert rule["peak_lr"] == pytest.approx(0.005 * 16**0.5) and rule["batch_size"] == 16
+    assert load_checkpoint(tmp_path / "rule" / "last.pt")["config"]["optim"]["base_lr"] == 0.005
+    assert main(_ft(pretrained_checkpoint, tmp_path / "set", "max_steps=1", "optim.base_lr=0.01")) == 0
+    chosen = json.loads((tmp_path / "set" / "results.json").read_text())
+    assert chosen["peak_lr"] == pytest.approx(0.01 * 16**0.5)

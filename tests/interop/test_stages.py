@@ -41,7 +41,7 @@ def converted(tf, tmp_path_factory) -> dict[str, Path]:
 def test_finetune_and_knn_from_a_converted_pretrained_checkpoint(converted, tmp_path):
     run = tmp_path / "ft"
     args = ["finetune", "--pretrained", str(converted["pretrained"]), "--labels", "25%", "--from-layer", "1"]
-    extra = ["batch_size=16", "epochs=1", "max_steps=2", "log_every_steps=1", f"run_dir={run}"]
+    extra = ["batch_size=16", "epochs=1", "max_steps=1", "log_every_steps=1", f"run_dir={run}"]
     assert main([*args, *_sets(*DATA, *extra)]) == 0
     ckpt = load_checkpoint(run / "last.pt", stage="finetune")
     assert ckpt["arch"]["backbone"] == "r50_0.25x_sk1" and ckpt["arch"]["tf_same_pool"]

@@ -39,6 +39,37 @@ def shard_indices(order: Tensor, batch: int, batch_size: int, rank: int, world_s
     return order[start : min(start + local, len(order))]
 
 
+def stream_indices(
+    n: int,
+    step: int,
+    batch_size: int,
+    seed: int,
+    shuffle: bool,
+    rank: int = 0,
+    world_size: int = 1,
+    orders: dict[int, Tensor] | None = None,
+) -> Tensor:
+    """Rank `rank`'s rows of global batch `step` of the *repeated* stream: the epoch orders of
+    :func:`epoch_order` concatenated, cut into consecutive global batches that run across epoch ends.
+
+    This is the official code's ``dataset.repeat()`` + ``batch(drop_remainder=True)``: no image is dropped at
+    an epoch's end, so every image is seen once per epoch of the stream (a batch may straddle two epochs), and
+    step ``s`` is a pure function of ``s`` (exact resume). ``orders`` caches epoch orders between calls (pass
+    the same dict for consecutive steps; epochs behind the current batch are dropped from it).
+    """
+    orders = {} if orders is None else orders
+    local = batch_size // world_size
+    start = step * batch_size + rank * local
+    first, last = start // n, (start + local - 1) // n
+    for e in [e for e in orders if e < first]:
+        del orders[e]
+    for e in range(first, last + 1):
+        if e not in orders:
+            orders[e] = epoch_order(n, e, seed, shuffle)
+    offset = start - first * n
+    return torch.cat([orders[e] for e in range(first, last + 1)])[offset : offset + local]
+
+
 class _ShardBatchSampler(Sampler[list[int]]):
     """Yields this rank's index list of each global batch of one epoch; `epoch`/`start_batch` set per epoch.
 
@@ -67,6 +98,29 @@ class _ShardBatchSampler(Sampler[list[int]]):
             yield shard_indices(order, i, self.batch_size, self.rank, self.world_size).tolist()
 
 
+class _StreamBatchSampler(Sampler[list[int]]):
+    """Yields this rank's index list of global batches ``start_step, start_step + 1, ...`` of the repeated
+    stream (:func:`stream_indices`), ``num_steps`` of them; both are set before each ``iter(loader)``."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, rank: int, world_size: int) -> None:
+        super().__init__()
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.start_step = 0
+        self.num_steps = 0
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+    def __iter__(self) -> Iterator[list[int]]:
+        orders: dict[int, Tensor] = {}
+        for step in range(self.start_step, self.start_step + self.num_steps):
+            idx = stream_indices(
+                self.n, step, self.batch_size, self.seed, self.shuffle, self.rank, self.world_size, orders
+            )
+            yield idx.tolist()
+
+
 class BatchLoader:
     """Yields global-batch shards for one rank, for in-memory or streaming data, in a deterministic order.
 
@@ -80,6 +134,8 @@ class BatchLoader:
         seed: seed of the epoch permutations.
         rank, world_size: this process's shard of every global batch: rows [rank*b, (rank+1)*b), b = B/world.
         num_workers: decoding processes for streaming data (ignored for in-memory data).
+        stream: iterate by step over the repeated epochs (:meth:`steps`, the official fine-tuning loop)
+            instead of by epoch (:meth:`epoch`); ``drop_last`` does not apply.
     """
 
     def __init__(
@@ -93,6 +149,7 @@ class BatchLoader:
         rank: int = 0,
         world_size: int = 1,
         num_workers: int = 2,
+        stream: bool = False,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -106,7 +163,7 @@ class BatchLoader:
         if not drop_last and world_size > 1:
             # Splitting a partial last batch evenly over ranks (and un-padding the results) is a later issue.
             raise NotImplementedError("drop_last=False with world_size > 1 is a later issue")
-        if drop_last and len(data) < batch_size:
+        if drop_last and not stream and len(data) < batch_size:
             raise ValueError(
                 f"{data.name or 'dataset'} has {len(data)} images, fewer than one global batch of "
                 f"{batch_size} with drop_last: lower the batch size or use more data"
@@ -120,6 +177,7 @@ class BatchLoader:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.stream = stream
 
         self._images: Tensor | None = None
         self._labels: Tensor | None = None
@@ -129,9 +187,13 @@ class BatchLoader:
             self._images = data.images.to(self.device)
             self._labels = data.labels.to(self.device)
         else:
-            self._sampler = _ShardBatchSampler(
-                len(data), len(self), batch_size, shuffle, seed, rank, world_size
-            )
+            self._sampler: _ShardBatchSampler | _StreamBatchSampler
+            if stream:
+                self._sampler = _StreamBatchSampler(len(data), batch_size, shuffle, seed, rank, world_size)
+            else:
+                self._sampler = _ShardBatchSampler(
+                    len(data), len(self), batch_size, shuffle, seed, rank, world_size
+                )
             self._loader = DataLoader(
                 data.dataset,  # type: ignore[arg-type]  # ImageData guarantees it is set when images is None
                 batch_sampler=self._sampler,
@@ -151,11 +213,37 @@ class BatchLoader:
         `start_batch` skips the batches already done, for an exact resume mid-epoch; skipped batches are
         never read. Streaming data supports one epoch iterator at a time.
         """
+        if self.stream:
+            raise RuntimeError("a stream=True BatchLoader is iterated by step: use steps(), not epoch()")
         if start_batch < 0:  # checked here, eagerly: this method is not itself a generator
             raise ValueError(f"start_batch must be >= 0, got {start_batch}")
         if self._loader is None:
             return self._epoch_in_memory(epoch, start_batch)
         return self._epoch_streaming(epoch, start_batch)
+
+    def steps(self, start_step: int, num_steps: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """(uint8 images, int64 labels) on the device: this rank's shard of global batches ``start_step`` to
+        ``start_step + num_steps - 1`` of the repeated stream (``stream=True``; :func:`stream_indices`).
+        Steps before ``start_step`` are never read (exact resume)."""
+        if not self.stream:
+            raise RuntimeError("steps() needs a BatchLoader made with stream=True")
+        if start_step < 0 or num_steps < 0:
+            raise ValueError(f"start_step and num_steps must be >= 0, got {start_step} and {num_steps}")
+        if self._loader is None:
+            return self._steps_in_memory(start_step, num_steps)
+        assert isinstance(self._sampler, _StreamBatchSampler)
+        self._sampler.start_step, self._sampler.num_steps = start_step, num_steps
+        return self._iterate_loader()
+
+    def _steps_in_memory(self, start_step: int, num_steps: int) -> Iterator[tuple[Tensor, Tensor]]:
+        assert self._images is not None and self._labels is not None
+        orders: dict[int, Tensor] = {}
+        for step in range(start_step, start_step + num_steps):
+            idx = stream_indices(
+                len(self.data), step, self.batch_size, self.seed, self.shuffle, self.rank, self.world_size,
+                orders,
+            ).to(self.device)  # fmt: skip
+            yield self._images.index_select(0, idx), self._labels.index_select(0, idx)
 
     def _epoch_in_memory(self, epoch: int, start_batch: int) -> Iterator[tuple[Tensor, Tensor]]:
         assert self._images is not None and self._labels is not None
@@ -165,9 +253,13 @@ class BatchLoader:
             yield self._images.index_select(0, idx), self._labels.index_select(0, idx)
 
     def _epoch_streaming(self, epoch: int, start_batch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        assert self._loader is not None
+        assert isinstance(self._sampler, _ShardBatchSampler)
         self._sampler.epoch = epoch
         self._sampler.start_batch = start_batch
+        return self._iterate_loader()
+
+    def _iterate_loader(self) -> Iterator[tuple[Tensor, Tensor]]:
+        assert self._loader is not None
         non_blocking = self.device.type == "cuda"  # pinned host memory: the copy overlaps compute
         for images, labels in self._loader:
             yield (

@@ -59,12 +59,14 @@ __all__ = [
     "ClassifierTrainer",
     "LossFn",
     "TrainSettings",
+    "auto_batch_size",
     "check_run_dir",
     "classification_metrics",
     "evaluate_classifier",
     "fit_batch_size",
     "make_optimizer",
     "predict_logits",
+    "train_steps",
     "write_predictions",
 ]
 
@@ -209,11 +211,37 @@ def make_optimizer(
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
-def fit_batch_size(requested: int, num_images: int, stage: str) -> int:
-    """The global batch for ``num_images`` training images: ``requested``, capped at the number of images
-    (small labeled subsets) and rounded down to a multiple of the world size (each rank gets an equal share).
-    """
+def train_steps(num_images: int, epochs: int, batch_size: int) -> int:
+    """The official step count (``num_examples * train_epochs // train_batch_size + 1``, TF ``run.py``): the
+    labeled set is repeated and cut into batches that run across epoch ends, so every image is seen
+    ``epochs`` times (give or take the one batch that the ``+ 1`` adds)."""
+    return num_images * epochs // batch_size + 1
+
+
+# The automatic batch for small labeled sets: about this many steps per epoch (the paper's 1% ImageNet run:
+# 12,811 images at batch 1024 = 12.5), never below MIN_AUTO_BATCH images, never above DEFAULT_BATCH.
+AUTO_STEPS_PER_EPOCH = 12
+MIN_AUTO_BATCH = 16
+DEFAULT_BATCH = 256
+
+
+def auto_batch_size(num_images: int) -> int:
+    """The batch when none is set: :data:`DEFAULT_BATCH`, or for small labeled sets the power of two nearest
+    below ``num_images / AUTO_STEPS_PER_EPOCH`` (at least :data:`MIN_AUTO_BATCH`): e.g. 100 images -> 16,
+    600 -> 32, 6,000 -> 256."""
+    target = max(num_images // AUTO_STEPS_PER_EPOCH, 1)
+    return min(DEFAULT_BATCH, max(MIN_AUTO_BATCH, 1 << (target.bit_length() - 1)))
+
+
+def fit_batch_size(requested: int | None, num_images: int, stage: str) -> int:
+    """The global batch for ``num_images`` training images: ``requested`` (None = :func:`auto_batch_size`),
+    capped at the number of images and rounded down to a multiple of the world size (each rank gets an equal
+    share)."""
     world = distributed.get_world_size()
+    if requested is None:
+        requested = auto_batch_size(num_images)
+        echo(f"{stage}: batch_size {requested} for {num_images} training images (about "
+             f"{num_images / requested:.1f} steps per epoch; set batch_size to choose)")  # fmt: skip
     batch = min(requested, num_images) // world * world
     if batch == 0:
         raise ConfigError(
@@ -358,13 +386,14 @@ class ClassifierTrainer:
             batch_size=settings.batch_size,
             device=settings.device,
             shuffle=True,
-            drop_last=True,
             seed=settings.seed,
             rank=self.rank,
             world_size=self.world_size,
+            stream=True,
         )
-        self.steps_per_epoch = len(self.loader)
-        self.total_steps = self.steps_per_epoch * settings.epochs
+        self.num_train = len(train)
+        self.steps_per_epoch = self.num_train / settings.batch_size  # batches run across epoch ends
+        self.total_steps = train_steps(self.num_train, settings.epochs, settings.batch_size)
         self.warmup_steps = round(settings.warmup_epochs * self.steps_per_epoch)
         if self.warmup_steps >= self.total_steps:
             raise ConfigError(
@@ -421,7 +450,7 @@ class ClassifierTrainer:
             "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": step,
-            "epoch": step // self.steps_per_epoch,
+            "epoch": self.epoch_of(step),
             "total_steps": self.total_steps,
             "rng": rng_state(),
         }
@@ -460,6 +489,10 @@ class ClassifierTrainer:
 
     # -- the loop ----------------------------------------------------------------------------------------
 
+    def epoch_of(self, step: int) -> int:
+        """Epochs of the stream completed after ``step`` steps."""
+        return step * self.s.batch_size // self.num_train
+
     @property
     def lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
@@ -494,7 +527,8 @@ class ClassifierTrainer:
         return ips
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
-        """Train to the end (or ``max_steps``); returns training stats. Checkpoints every epoch."""
+        """Train to the end (or ``max_steps``); returns training stats. Checkpoints at every epoch end of the
+        stream and at the end."""
         s = self.s
         step = self._start(resume)
         stop_at = self.total_steps if s.max_steps is None else min(self.total_steps, s.max_steps)
@@ -508,29 +542,29 @@ class ClassifierTrainer:
         self.train_model.train()
         self.interrupt.install()  # SIGTERM/SIGINT: finish the step, checkpoint, exit "resumable"
         try:
-            while step < stop_at:
-                epoch, start_batch = divmod(step, self.steps_per_epoch)
-                for images, labels in self.loader.epoch(epoch, start_batch=start_batch):
-                    loss_sum += self.train_step(images, labels, step)
-                    step += 1
-                    window += 1
-                    bar.update(1)
-                    if step % s.log_every_steps == 0 or step == stop_at:
-                        ips = self._log(logger, step, epoch, loss_sum, window, t0)
-                        train_time += time.time() - t0
-                        train_images += window * s.batch_size
-                        bar.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{self.lr:.3g}", img_s=f"{ips:.0f}")
-                        loss_sum.zero_()
-                        window, t0 = 0, time.time()
-                    if s.checkpoint_every_steps and step % s.checkpoint_every_steps == 0:
-                        self.save(step)
-                    self.interrupt.stop_if_requested(
-                        s.stage, step, stop_at, self.save, self.checkpoint_path, s.device,
-                        sync_now=s.device.type != "cuda" or step % s.log_every_steps == 0 or step == stop_at,
-                    )  # fmt: skip
-                    if step == stop_at:
-                        break
-                self.save(step)
+            for images, labels in self.loader.steps(step, stop_at - step):
+                loss_sum += self.train_step(images, labels, step)
+                step += 1
+                window += 1
+                bar.update(1)
+                epoch_end = self.epoch_of(step) > self.epoch_of(step - 1)
+                if step % s.log_every_steps == 0 or step == stop_at:
+                    ips = self._log(logger, step, self.epoch_of(step - 1), loss_sum, window, t0)
+                    train_time += time.time() - t0
+                    train_images += window * s.batch_size
+                    bar.set_postfix(loss=f"{self.last_loss:.4f}", lr=f"{self.lr:.3g}", img_s=f"{ips:.0f}")
+                    loss_sum.zero_()
+                    window, t0 = 0, time.time()
+                if (
+                    epoch_end
+                    or step == stop_at
+                    or (s.checkpoint_every_steps and step % s.checkpoint_every_steps == 0)
+                ):
+                    self.save(step)
+                self.interrupt.stop_if_requested(
+                    s.stage, step, stop_at, self.save, self.checkpoint_path, s.device,
+                    sync_now=s.device.type != "cuda" or step % s.log_every_steps == 0 or step == stop_at,
+                )  # fmt: skip
         finally:
             self.interrupt.restore()
             bar.close()

@@ -124,6 +124,7 @@ def distill(config: DistillConfig, resume: bool = False, show_progress: bool = T
             alpha=config.alpha,
         )
 
+    assert config.optim.base_lr is not None  # validate() requires a value outside fine-tuning
     batch = config.batch_size  # all training images: a batch larger than them is an error (BatchLoader)
     settings = TrainSettings.from_config(
         config,

@@ -8,6 +8,7 @@ directory (``label_indices.txt``) so the supervised baseline and linear evaluati
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,23 @@ from simclrv2.engine.runtime import (
     write_json,
 )
 from simclrv2.engine.tuning import candidates, choose_on_validation
-from simclrv2.models import FineTuneModel, ProjectionHead, create_backbone, load_pretrained_into
+from simclrv2.models import (
+    FineTuneModel,
+    ProjectionHead,
+    create_backbone,
+    load_pretrained_into,
+    parse_backbone_name,
+)
 from simclrv2.models.meta import meta_modules
 
-__all__ = ["build_model_from_checkpoint", "finetune", "load_split_pair", "model_arch"]
+__all__ = [
+    "build_model_from_checkpoint",
+    "default_from_layer",
+    "finetune",
+    "finetune_base_lr",
+    "load_split_pair",
+    "model_arch",
+]
 
 STAGE = "finetune"
 
@@ -135,6 +149,24 @@ def _train_once(
     )  # fmt: skip
 
 
+# SPEC 4: fine-tuning LARS base LRs (peak = base * sqrt(B)): R50 1x, and the narrower nets we add, use 0.005;
+# wider (> 1x) or selective-kernel networks 0.002.
+FINETUNE_BASE_LR = 0.005
+FINETUNE_BASE_LR_WIDE_OR_SK = 0.002
+
+
+def finetune_base_lr(backbone: str) -> float:
+    """The paper's fine-tuning base LR (SPEC 4): 0.002 for wider than 1x or SK backbones, else 0.005."""
+    _depth, width, sk_ratio = parse_backbone_name(backbone)
+    return FINETUNE_BASE_LR_WIDE_OR_SK if width > 1 or sk_ratio > 0 else FINETUNE_BASE_LR
+
+
+def default_from_layer(labels: str, fraction: float) -> int:
+    """SPEC 4: fine-tune from head layer 1 below 100% labels, from the backbone output (0) at 100%."""
+    full = labels.strip() == "100%" or fraction >= 1.0 - 1e-9
+    return 0 if full else 1
+
+
 def finetune(config: FinetuneConfig, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
     """Fine-tune from ``config.pretrained`` on the labeled subset; returns (and writes) ``results.json``.
     Under torchrun every rank calls this (see :class:`ClassifierTrainer` for what is distributed).
@@ -158,6 +190,20 @@ def finetune(config: FinetuneConfig, resume: bool = False, show_progress: bool =
     fraction = len(idx) / len(train_full)
     epochs = config.epochs or default_epochs(config.labels, len(idx), len(train_full))
     say = echo if show_progress else (lambda _msg: None)
+    resolved: dict[str, Any] = {}
+    if config.from_layer is None:
+        resolved["from_layer"] = default_from_layer(config.labels, fraction)
+    if config.optim.base_lr is None:
+        base_lr = finetune_base_lr(pconf["backbone"])
+        resolved["optim"] = dataclasses.replace(config.optim, base_lr=base_lr)
+        say(
+            f"finetune: base LR {base_lr:g} * sqrt(B) for {pconf['backbone']} "
+            "(SPEC 4; set optim.base_lr to change)"
+        )
+    config = dataclasses.replace(
+        config, **resolved
+    )  # the resolved values go into config.yaml and checkpoints
+    assert config.from_layer is not None
     which = "the EMA encoder" if config.use_ema else "the online network"
     say(
         f"finetune: {len(idx)} labeled images ({fraction:.2%} of {len(train_full)}; {how}), "

@@ -150,6 +150,7 @@ def prepare(config: PretrainConfig) -> PretrainSetup:
             f"(epochs={config.epochs}); set e.g. --set optim.warmup_epochs={config.epochs * 0.05:g} "
             "(5% of the epochs, as in the paper)."
         )
+    assert config.optim.base_lr is not None  # validate() requires a value outside fine-tuning
     peak_lr = scale_learning_rate(config.optim.base_lr, config.batch_size, config.optim.lr_scaling)
     return PretrainSetup(
         config, device, precision, train, test, augment, small, loader, steps_per_epoch, total_steps,
