@@ -97,9 +97,20 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """``path``, or for a published model (``zoo:[category/]arch``) its converted checkpoint in the cache,
+    downloaded and converted first if needed (:mod:`simclrv2.interop.zoo`)."""
+    if str(path).startswith("zoo:"):
+        from simclrv2.interop.zoo import resolve
+
+        return resolve(str(path))
+    return Path(path)
+
+
 def load_checkpoint(path: str | Path, stage: str | None = None) -> dict[str, Any]:
-    """Load a simclrv2 checkpoint safely (``weights_only=True``) and check it is one of ``stage``."""
-    path = Path(path)
+    """Load a simclrv2 checkpoint safely (``weights_only=True``) and check it is one of ``stage``.
+    ``path`` may be a ``zoo:`` reference to a published model (see :func:`resolve_checkpoint_path`)."""
+    path = resolve_checkpoint_path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
@@ -129,9 +140,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def load_state_checked(module: nn.Module, state: dict[str, Any], path: str | Path) -> None:
+def load_state_checked(
+    module: nn.Module, state: dict[str, Any], path: str | Path, assign: bool = False
+) -> None:
     """``module.load_state_dict(state)`` (strict); a mismatch raises :class:`CheckpointError` listing the
-    missing, unexpected and mis-shaped keys (the checkpoint was made for another architecture)."""
+    missing, unexpected and mis-shaped keys (the checkpoint was made for another architecture).
+    ``assign``: the module takes the state's tensors instead of copying them (for a module built on
+    ``meta``, see :func:`simclrv2.models.meta.meta_modules`)."""
     own = module.state_dict()
     missing = sorted(k for k in own if k not in state)
     unexpected = sorted(k for k in state if k not in own)
@@ -150,4 +165,4 @@ def load_state_checked(module: nn.Module, state: dict[str, Any], path: str | Pat
             f"{path} does not fit this model ({'; '.join(problems)}): it was made for another architecture "
             "(backbone, head or number of classes); use the config it was trained with, or another run_dir."
         )
-    module.load_state_dict(state)
+    module.load_state_dict(state, assign=assign)

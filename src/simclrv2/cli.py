@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_args(p)
-    p.add_argument("--pretrained", metavar="CKPT", help="pretraining checkpoint (a pretrain run's last.pt)")
+    p.add_argument(
+        "--pretrained", metavar="CKPT", help="pretraining checkpoint (a pretrain run's last.pt, or zoo:ARCH)"
+    )
     p.add_argument(
         "--labels", metavar="SPEC", help="1%%, 10%%, 100%%, N/class or a subset file (default 10%%)"
     )
@@ -98,7 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         )
         _add_config_args(p)
         p.add_argument(
-            "--pretrained", metavar="CKPT", help="pretraining checkpoint (a pretrain run's last.pt)"
+            "--pretrained",
+            metavar="CKPT",
+            help="pretraining checkpoint (a pretrain run's last.pt, or zoo:ARCH)",
         )
         p.add_argument("--labels", metavar="SPEC", help="labeled training subset (default 100%%)")
         _add_use_ema_arg(p)
@@ -139,7 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_args(p)
-    p.add_argument("--teacher", metavar="CKPT", help="fine-tuned teacher (a finetune run's last.pt)")
+    p.add_argument(
+        "--teacher",
+        metavar="CKPT",
+        help="fine-tuned teacher (a finetune run's last.pt, or zoo:CATEGORY/ARCH)",
+    )
     p.add_argument(
         "--student", metavar="NAME", help="student backbone, or 'same' (default: self-distillation)"
     )
@@ -163,7 +171,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     _add_use_commands(sub)
+    _add_interop_commands(sub)
     return parser
+
+
+def _add_interop_commands(sub: argparse._SubParsersAction) -> None:
+    """``convert`` and ``zoo``: the published SimCLRv2 models (TensorFlow checkpoints)."""
+    from simclrv2.interop.convert import CATEGORIES
+
+    p = sub.add_parser(
+        "convert",
+        help="convert an official SimCLRv2 TensorFlow checkpoint (TF1 or TF2) into a simclrv2 checkpoint",
+        description="Reads a TF1 checkpoint (a directory or a model.ckpt-N prefix) or a TF2 checkpoint / "
+        "SavedModel directory without TensorFlow, detects depth, width, SK and heads, maps every variable "
+        "(or refuses, listing what does not fit) and writes a pretraining checkpoint (category pretrained: "
+        "for finetune --pretrained, linear-eval, knn) or a classifier checkpoint (finetuned_*, supervised, "
+        "distill_*: for predict, export, distill --teacher) with ImageNet's class names. The category is "
+        "read "
+        "from the path (.../finetuned_10pct/r50_1x_sk0/) unless given.",
+    )
+    p.add_argument("source", metavar="SRC", help="TF checkpoint directory, prefix, .index file or SavedModel")
+    p.add_argument("--output", "-o", required=True, metavar="DST.pt", help="the simclrv2 checkpoint to write")
+    p.add_argument("--category", choices=CATEGORIES, help="which published model it is (default: from SRC)")
+    p.add_argument(
+        "--from-layer",
+        type=int,
+        metavar="K",
+        help="classifier input: 0 = h, 1 = head layer 1 (default: by category, 1 for finetuned_1pct/10pct)",
+    )
+    p.add_argument("--ema", action="store_true", help="take the EMA copies (ema_model/...) of the weights")
+    p.add_argument("--force", action="store_true", help="overwrite an existing DST.pt")
+
+    p = sub.add_parser(
+        "zoo",
+        help="list the published SimCLRv2 models; with references, download and convert them",
+        description="Without arguments: the 13 architectures x 7 categories of the official release with "
+        "the official README's ImageNet top-1 accuracies and parameter counts, and which are in the cache. "
+        "With references (zoo:finetuned_10pct/r50_2x_sk1, or r50_2x_sk1 for the pretrained model): download "
+        "(resumable) and convert them into the cache, printing the converted checkpoints' paths. Any "
+        "--pretrained/--teacher/--model option also takes a zoo: reference.",
+    )
+    p.add_argument("refs", nargs="*", metavar="REF", help="zoo:[CATEGORY/]ARCH to fetch and convert")
 
 
 def _add_use_ema_arg(parser: argparse.ArgumentParser) -> None:
@@ -187,7 +235,12 @@ def _add_use_commands(sub: argparse._SubParsersAction) -> None:
         "Unreadable files are skipped with a warning.",
     )
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders")
-    p.add_argument("--model", required=True, metavar="CKPT", help="classifier checkpoint (last.pt) or export")
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="CKPT",
+        help="classifier checkpoint (last.pt), export or zoo: reference",
+    )
     p.add_argument("--topk", type=int, default=5, metavar="K", help="classes per image (default 5)")
     p.add_argument("--output", "-o", metavar="FILE", help="write FILE.csv or FILE.json instead of printing")
     p.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per forward (default 64)")
@@ -202,7 +255,9 @@ def _add_use_commands(sub: argparse._SubParsersAction) -> None:
         "model.safetensors + model.json (architecture, classes, image sizes), read back by "
         "simclrv2.load_classifier; needs `pip install safetensors`.",
     )
-    p.add_argument("--model", required=True, metavar="CKPT", help="classifier checkpoint (last.pt)")
+    p.add_argument(
+        "--model", required=True, metavar="CKPT", help="classifier checkpoint (last.pt) or zoo: ref"
+    )
     p.add_argument("--format", required=True, choices=["torchscript", "safetensors"])
     p.add_argument(
         "--output",
@@ -358,6 +413,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
     import torch
 
+    from simclrv2.checkpoint import resolve_checkpoint_path
     from simclrv2.inference import (
         SAFETENSORS_MISSING,
         export_safetensors,
@@ -365,6 +421,7 @@ def _run_export(args: argparse.Namespace) -> int:
         load_classifier,
     )
 
+    args.model = str(resolve_checkpoint_path(args.model))  # a zoo: reference -> its converted checkpoint
     torchscript = args.format == "torchscript"
     if not torchscript and importlib.util.find_spec("safetensors") is None:
         print(f"simclrv2 export: error: {SAFETENSORS_MISSING}", file=sys.stderr)
@@ -395,6 +452,31 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_convert(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from simclrv2.interop.convert import convert_checkpoint
+
+    out = Path(args.output)
+    if out.suffix != ".pt":
+        raise ValueError(f"--output {out}: expected a .pt file name")
+    if out.exists() and not args.force:
+        raise FileExistsError(f"{out} already exists: pass --force to overwrite it")
+    convert_checkpoint(args.source, out, args.category, args.from_layer, args.ema)
+    return 0
+
+
+def _run_zoo(args: argparse.Namespace) -> int:
+    from simclrv2.interop import zoo
+
+    if not args.refs:
+        print(zoo.format_table())
+        return 0
+    for ref in args.refs:
+        print(zoo.resolve(ref))
+    return 0
+
+
 COMMANDS = {
     "pretrain": _run_pretrain,
     "finetune": _run_finetune,
@@ -405,6 +487,8 @@ COMMANDS = {
     "pipeline": _run_pipeline,
     "predict": _run_predict,
     "export": _run_export,
+    "convert": _run_convert,
+    "zoo": _run_zoo,
 }
 
 

@@ -55,6 +55,9 @@ class ModelConfig:
     """Projection head depth (SPEC section 2; SimCLRv2 uses 3)."""
     head_dim: int = 128
     """Projection output dimension."""
+    tf_same_pool: bool = False
+    """The stem max-pool pads like TensorFlow's "SAME" (extra cell bottom/right) instead of PyTorch's both
+    sides: what the official checkpoints compute. Set by ``simclrv2 convert``; no effect on the weights."""
     grad_checkpoint: bool = False
     """Activation checkpointing per residual block: far less activation memory for one more forward pass
     (about +30% step time; benchmarks/README.md). For big models or batches that do not fit otherwise."""

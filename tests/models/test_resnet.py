@@ -323,3 +323,30 @@ def test_projection_shortcut_keeps_its_checkpoint_keys() -> None:
     assert isinstance(shortcut.conv, StridedPointwiseConv2d) and shortcut.conv.stride == (2, 2)
     assert "stages.1.0.shortcut.conv.weight" in model.state_dict()
     assert model.state_dict()["stages.1.0.shortcut.conv.weight"].shape == (8, 4, 1, 1)
+
+
+def _tf_same_max_pool_reference(x: np.ndarray, k: int = 3, s: int = 2) -> np.ndarray:
+    """TF "SAME" max-pooling by its definition: out = ceil(n / s); pad_total = max((out - 1) * s + k - n, 0),
+    the smaller half before; padded cells never win."""
+    n, c, h, w = x.shape
+    oh, ow = -(-h // s), -(-w // s)
+    ph, pw = max((oh - 1) * s + k - h, 0), max((ow - 1) * s + k - w, 0)
+    padded = np.full((n, c, h + ph, w + pw), -np.inf, dtype=x.dtype)
+    padded[:, :, ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w] = x
+    out = np.empty((n, c, oh, ow), dtype=x.dtype)
+    for i in range(oh):
+        for j in range(ow):
+            out[:, :, i, j] = padded[:, :, i * s : i * s + k, j * s : j * s + k].max(axis=(2, 3))
+    return out
+
+
+@pytest.mark.parametrize("size", [(8, 8), (7, 9), (112, 113)])
+def test_tf_same_max_pool_matches_the_definition_and_differs_from_pytorch_padding(size):
+    from simclrv2.models.resnet import TFSameMaxPool2d
+
+    x = torch.randn(2, 3, *size)
+    ours = TFSameMaxPool2d(3, 2)(x)
+    np.testing.assert_array_equal(ours.numpy(), _tf_same_max_pool_reference(x.numpy()))
+    if size[0] % 2 == 0:  # even sizes: TF pads only the bottom/right, PyTorch both sides
+        assert not torch.equal(ours, torch.nn.functional.max_pool2d(x, 3, 2, padding=1))
+    assert isinstance(ResNet(50, 0.125, tf_same_pool=True).stem.pool, TFSameMaxPool2d)

@@ -282,7 +282,7 @@ def center_crop(images: Tensor, crop_size: int, crop_fraction: float = 0.875) ->
     The result may share memory with ``images`` when those are already float32 RGB of the right size.
     """
     _check_images(images)
-    h, w = images.shape[-2:]
+    h, w = int(images.shape[-2]), int(images.shape[-1])  # ints, also while tracing (export: a fixed shape)
     if crop_size > 32:
         side = round(crop_fraction * min(h, w))  # round half to even, like TF's rint
         top, left = (h - side + 1) // 2, (w - side + 1) // 2  # TF's offsets

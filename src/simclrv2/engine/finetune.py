@@ -37,6 +37,7 @@ from simclrv2.models import (
     load_pretrained_into,
     parse_backbone_name,
 )
+from simclrv2.models.meta import meta_modules
 
 __all__ = [
     "build_model_from_checkpoint",
@@ -70,10 +71,17 @@ def load_split_pair(data_cfg: Any, seed: int) -> tuple[ImageData, ImageData | No
 
 
 def model_arch(
-    backbone: str, small_images: bool, head_layers: int, head_dim: int, from_layer: int, num_classes: int
+    backbone: str,
+    small_images: bool,
+    head_layers: int,
+    head_dim: int,
+    from_layer: int,
+    num_classes: int,
+    tf_same_pool: bool = False,
 ) -> dict[str, Any]:
-    """What :func:`build_model_from_checkpoint` needs; stored as ``arch`` in every classifier checkpoint."""
-    return {
+    """What :func:`build_model_from_checkpoint` needs; stored as ``arch`` in every classifier checkpoint.
+    ``tf_same_pool`` (converted official models only) is stored only when set."""
+    arch: dict[str, Any] = {
         "backbone": backbone,
         "small_images": small_images,
         "head_layers": head_layers,
@@ -81,10 +89,13 @@ def model_arch(
         "from_layer": from_layer,
         "num_classes": num_classes,
     }
+    if tf_same_pool:
+        arch["tf_same_pool"] = True
+    return arch
 
 
 def build_model(arch: dict[str, Any]) -> FineTuneModel:
-    backbone = create_backbone(arch["backbone"], small_images=arch["small_images"])
+    backbone = create_backbone(arch["backbone"], arch["small_images"], bool(arch.get("tf_same_pool", False)))
     head = None
     if arch["head_layers"] > 0:
         head = ProjectionHead(backbone.num_features, num_layers=arch["head_layers"], out_dim=arch["head_dim"])
@@ -104,8 +115,12 @@ def build_model_from_checkpoint(ckpt: dict[str, Any] | str | Path) -> FineTuneMo
             f"a {ckpt.get('stage')!r} checkpoint has no 'arch' entry: "
             "expected a finetune or supervised checkpoint"
         )
-    model = build_model(ckpt["arch"])
-    load_state_checked(model, ckpt["model"], source)
+    with meta_modules():  # no random init of weights that are replaced at once (minutes for R152 3x)
+        model = build_model(ckpt["arch"])
+    # The module takes the checkpoint's tensors (no copy), in the default memory format as a freshly built
+    # module has them (a run trained channels-last saves channels-last weights).
+    state = {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in ckpt["model"].items()}
+    load_state_checked(model, state, source, assign=True)
     return model
 
 
@@ -196,8 +211,9 @@ def finetune(config: FinetuneConfig, resume: bool = False, show_progress: bool =
     )
     num_classes = len(train_full.classes)
     arch = model_arch(
-        pconf["backbone"], small, pconf["head_layers"], pconf["head_dim"], config.from_layer, num_classes
-    )
+        pconf["backbone"], small, pconf["head_layers"], pconf["head_dim"], config.from_layer, num_classes,
+        bool(pconf.get("tf_same_pool", False)),
+    )  # fmt: skip
     run_dir.mkdir(parents=True, exist_ok=True)
     extra = {"label_index_file": str(index_file)}
 

@@ -59,7 +59,10 @@ def load_pretrained_backbone(path: str | Path, use_ema: bool = False) -> tuple[R
     """The backbone of a pretraining checkpoint (strict: every backbone key present, shapes equal);
     ``use_ema``: the EMA encoder's (runs pretrained with ``memory.size > 0``) instead of the online one."""
     ckpt = load_checkpoint(path, stage="pretrain")
-    backbone = create_backbone(ckpt["config"]["model"]["backbone"], small_images=bool(ckpt["small_images"]))
+    model_config = ckpt["config"]["model"]
+    backbone = create_backbone(
+        model_config["backbone"], bool(ckpt["small_images"]), bool(model_config.get("tf_same_pool", False))
+    )
     prefix = "model.backbone."
     weights = pretrained_state(ckpt, use_ema, path)
     state = {k[len(prefix) :]: v for k, v in weights.items() if k.startswith(prefix)}

@@ -93,7 +93,7 @@ class PretrainSetup:
 
 
 def build_simclr_model(config: PretrainConfig, small_images: bool) -> SimCLRModel:
-    backbone = create_backbone(config.model.backbone, small_images=small_images)
+    backbone = create_backbone(config.model.backbone, small_images, config.model.tf_same_pool)
     backbone.grad_checkpoint = config.model.grad_checkpoint
     head = ProjectionHead(
         backbone.num_features, num_layers=config.model.head_layers, out_dim=config.model.head_dim

@@ -57,7 +57,8 @@ def parse_backbone_name(name: str) -> tuple[int, float, float]:
     return depth, width, sk_ratio
 
 
-def create_backbone(name: str, small_images: bool = False) -> ResNet:
-    """Build the ResNet named ``name`` (see :func:`parse_backbone_name`), optionally with the small stem."""
+def create_backbone(name: str, small_images: bool = False, tf_same_pool: bool = False) -> ResNet:
+    """Build the ResNet named ``name`` (see :func:`parse_backbone_name`), optionally with the small stem;
+    ``tf_same_pool``: TF's "SAME" stem max-pool, for converted official weights (SPEC §1)."""
     depth, width, sk_ratio = parse_backbone_name(name)
-    return ResNet(depth, width, sk_ratio=sk_ratio, small_images=small_images)
+    return ResNet(depth, width, sk_ratio=sk_ratio, small_images=small_images, tf_same_pool=tf_same_pool)

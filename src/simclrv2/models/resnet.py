@@ -30,6 +30,7 @@ __all__ = [
     "SelectiveKernelConv",
     "SqueezeExcite",
     "StridedPointwiseConv2d",
+    "TFSameMaxPool2d",
     "scaled_channels",
     "tf_variance_scaling_",
 ]
@@ -141,6 +142,32 @@ class ResNetDAvgPool(nn.Module):
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}"
+
+
+class TFSameMaxPool2d(nn.Module):
+    """Max-pool with TensorFlow's "SAME" padding: the stem's 3×3 stride-2 pool of the official models.
+
+    TF pads ``max((ceil(n / s) - 1) * s + k - n, 0)`` cells per spatial side, the smaller half first, so for
+    even sizes (112 at 224 px) the one padded cell is at the bottom/right; PyTorch's ``padding=1`` pads both
+    sides and shifts every window by a pixel (SPEC §1). Padding is with -inf, so padded cells never win.
+    Only needed to compute what an official checkpoint computes; no parameters.
+    """
+
+    def __init__(self, kernel_size: int = 3, stride: int = 2) -> None:
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads: list[int] = []
+        for n in (x.shape[-1], x.shape[-2]):  # F.pad wants the last dimension first
+            total = max((-(-n // self.stride) - 1) * self.stride + self.kernel_size - n, 0)
+            pads += [total // 2, total - total // 2]
+        x = F.pad(x, pads, value=float("-inf"))
+        return F.max_pool2d(x, self.kernel_size, self.stride)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding=TF SAME"
 
 
 def _projection_shortcut(in_channels: int, out_channels: int, stride: int, resnet_d: bool) -> nn.Sequential:
@@ -328,7 +355,9 @@ class BottleneckBlock(nn.Module):
         return self.relu(out)
 
 
-def _stem(in_channels: int, width_multiplier: float, deep: bool, small_images: bool) -> nn.Sequential:
+def _stem(
+    in_channels: int, width_multiplier: float, deep: bool, small_images: bool, tf_same_pool: bool = False
+) -> nn.Sequential:
     stem_channels = scaled_channels(64, width_multiplier)
     if small_images:
         # CIFAR-style stem: keeps full resolution, so 32×32 (and 28×28) inputs reach stage 4 at 4×4.
@@ -358,8 +387,8 @@ def _stem(in_channels: int, width_multiplier: float, deep: bool, small_images: b
         layers["relu1"] = nn.ReLU(inplace=True)
     # TF "SAME" max-pooling pads only the bottom/right, PyTorch's padding=1 pads both sides, which shifts the
     # pooling windows by one pixel. It makes no difference for training from scratch; a converter for official
-    # weights should replace this module by pad (0, 1, 0, 1) with -inf + MaxPool2d(3, 2) (SPEC §1).
-    layers["pool"] = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+    # weights uses TF's padding instead (``tf_same_pool``, set by ``simclrv2 convert``; SPEC §1).
+    layers["pool"] = TFSameMaxPool2d(3, 2) if tf_same_pool else nn.MaxPool2d(3, stride=2, padding=1)
     return nn.Sequential(layers)
 
 
@@ -376,6 +405,8 @@ class ResNet(nn.Module):
         in_channels: input image channels.
         grad_checkpoint: activation checkpointing per residual block while training (see
             :meth:`forward`); also settable later as the attribute of the same name.
+        tf_same_pool: the stem max-pool pads like TensorFlow's "SAME" (:class:`TFSameMaxPool2d`), as the
+            official checkpoints were trained; converted models are rebuilt with it. No parameters change.
 
     Layout: ``stem`` (conv/BN/ReLU[/pool]), ``stages`` (4 sequential stages of blocks). As in the official
     code the first block of *every* stage has a projection shortcut, including stage 1 of ResNet-18/34 where
@@ -391,6 +422,7 @@ class ResNet(nn.Module):
         small_images: bool = False,
         in_channels: int = 3,
         grad_checkpoint: bool = False,
+        tf_same_pool: bool = False,
     ) -> None:
         super().__init__()
         if depth not in BLOCKS_PER_STAGE:
@@ -407,10 +439,11 @@ class ResNet(nn.Module):
         self.se_ratio = se_ratio
         self.small_images = small_images
         self.grad_checkpoint = grad_checkpoint
+        self.tf_same_pool = tf_same_pool
 
         bottleneck, blocks_per_stage = BLOCKS_PER_STAGE[depth]
         resnet_d = sk_ratio > 0
-        self.stem = _stem(in_channels, width_multiplier, deep=resnet_d, small_images=small_images)
+        self.stem = _stem(in_channels, width_multiplier, resnet_d, small_images, tf_same_pool)
 
         channels = scaled_channels(64, width_multiplier)
         stages: list[nn.Sequential] = []
