@@ -64,10 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         "finetune",
         help="stage 2: fine-tune the pretrained network from head layer k on a labeled subset",
         description="Stage 2 of SimCLRv2: backbone + projection-head layers 1..k + a new zero-initialised "
-        "classifier, fine-tuned with LARS (0.005*sqrt(B), no weight decay), crop + flip, on a class-balanced "
-        "labeled subset (saved as run_dir/label_indices.txt). Epochs default to 60 below 10%% labels and 30 "
-        "from 10%% up. Writes config.yaml, metrics.jsonl, last.pt, eval.json, predictions.json and "
-        "results.json.",
+        "classifier, fine-tuned with LARS (0.005*sqrt(B), 0.002*sqrt(B) for wider or SK nets; no weight "
+        "decay), crop + flip, on a class-balanced labeled subset (saved as run_dir/label_indices.txt), "
+        "repeated for N*epochs//B+1 steps (the official rule). Epochs default to 60 below 10%% labels and 30 "
+        "from 10%% up; the head layer to 1 below 100%% and 0 at 100%%. Writes config.yaml, metrics.jsonl, "
+        "last.pt, eval.json, predictions.json and results.json.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -78,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--labels", metavar="SPEC", help="1%%, 10%%, 100%%, N/class or a subset file (default 10%%)"
     )
-    p.add_argument("--from-layer", type=int, metavar="K", help="head layer to fine-tune from (0=h, 1, -1=z)")
+    p.add_argument(
+        "--from-layer", type=int, metavar="K",
+        help="head layer to fine-tune from (0=h, 1, -1=z; default 1 below 100%% labels, 0 at 100%%)",
+    )  # fmt: skip
     _add_use_ema_arg(p)
     p.add_argument("--resume", action="store_true", help="continue from run_dir/last.pt")
 

@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _tensorboard_without_tensorflow() -> None:
+    """Make TensorBoard's writer use its own TF stub even where TensorFlow is installed (the test tools
+    install it): otherwise ``torch.utils.tensorboard`` imports all of TensorFlow, 3-15 s per process, for
+    scalars that need none of it. TensorBoard takes the stub whenever ``tensorboard.compat.notf`` imports
+    (its ``//tensorboard/compat:no_tensorflow`` build switch); registering an empty module under that name
+    is the switch. Only done when TensorFlow is not loaded already (then the writer may as well use it)."""
+    if "tensorflow" not in sys.modules and "tensorboard.compat.notf" not in sys.modules:
+        sys.modules["tensorboard.compat.notf"] = types.ModuleType("tensorboard.compat.notf")
+
+
 class MetricsLogger:
     """Metrics as JSON lines (``metrics.jsonl``) and TensorBoard scalars; only the main process writes."""
 
@@ -126,6 +137,7 @@ class MetricsLogger:
         self.writer = None
         if self.enabled and tensorboard:
             try:
+                _tensorboard_without_tensorflow()
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
