@@ -238,6 +238,9 @@ class FinetuneConfig:
     """Class-balanced part of the labeled subset held out when there is something to choose."""
     use_ema: bool = False
     """Start from the EMA encoder of a run pretrained with ``memory.size > 0`` instead of the online one."""
+    freeze_bn: bool = False
+    """Keep every BatchNorm in eval mode (the pretraining's running statistics; γ and β still train) instead
+    of the paper's train mode: an option for very small labeled sets (benchmarks/finetune_ablation.py)."""
     epochs: int | None = None
     """None = the paper's rule: 60 epochs below 10% labels, 30 from 10% up (SPEC 4)."""
     batch_size: int | None = None

@@ -106,6 +106,8 @@ class TrainSettings:
     """Stored in every checkpoint (e.g. the architecture, so a later stage can rebuild the model)."""
     write_config: bool = True
     show_progress: bool = True
+    freeze_bn: bool = False
+    """BatchNorms in eval mode while training (running statistics kept; their γ and β still train)."""
     eval_name: str = "test"
     """What the evaluation set is, for the log line ("validation" for a hyper-parameter search's runs)."""
 
@@ -148,6 +150,7 @@ class TrainSettings:
             log_every_steps=config.log_every_steps,
             checkpoint_every_steps=getattr(config, "checkpoint_every_steps", 0),
             eval_batch_size=config.eval_batch_size,
+            freeze_bn=getattr(config, "freeze_bn", False),
             config=config,
             extra=extra,
             show_progress=show_progress,
@@ -540,6 +543,10 @@ class ClassifierTrainer:
         train_time, train_images = 0.0, 0
         wall = time.time()
         self.train_model.train()
+        if s.freeze_bn:
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         self.interrupt.install()  # SIGTERM/SIGINT: finish the step, checkpoint, exit "resumable"
         try:
             for images, labels in self.loader.steps(step, stop_at - step):
