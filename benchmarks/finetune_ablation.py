@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if lin_file.is_file()
             else linear_eval(lin_cfg, show_progress=False)
         )
-        out["runs"].append({"column": column, "variant": "linear probe", "top1": lin["linear"]["top1"]})
+        out["runs"].append({"column": column, "variant": "linear probe", "top1": lin["test"]["top1"]})
         print(json.dumps(out["runs"][-1]), flush=True)
         for name in args.variants:
             what, overrides = VARIANTS[name]
