@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         col_dir = args.run_dir / labels_slug(column)
         index_file = col_dir / "label_indices.txt"
         lin_cfg = load_config(
-            LinearEvalConfig, None, [f"run_dir={col_dir / 'linear'}", "data.name=fashion-mnist"]
+            LinearEvalConfig, None, [f"run_dir={col_dir / 'linear'}", f"pretrained={args.pretrained}"]
         )
         lin_cfg = dataclasses.replace(
             lin_cfg, pretrained=str(args.pretrained), labels=column, label_index_file=str(index_file)
