@@ -157,11 +157,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs pretrain -> linear eval -> fine-tune (each label subset, each head layer) -> "
         "distill -> supervised baseline, then writes results.json and report.md with figures into run_dir. "
         "Each stage has its own directory; a finished stage is skipped and an interrupted one resumes when "
-        "the same command is run again.",
+        "the same command is run again. With --data FOLDER (your own images: FOLDER/labeled/<class>/ + "
+        "FOLDER/unlabeled/ [+ FOLDER/test/<class>/], or FOLDER/labels.csv [+ test.csv]) no config is "
+        "needed: the recipe is derived from the images and said before any work, and run_dir also gets "
+        "model/ (the final model: checkpoint, TorchScript, ONNX) and pool_predictions.csv.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_args(p)
+    p.add_argument(
+        "--data",
+        metavar="FOLDER",
+        help="your own images: a few labeled, many unlabeled (see the README, 'Your own images')",
+    )
+    p.add_argument(
+        "--student",
+        metavar="NAME",
+        help="distill into this backbone, or 'same' (self-distillation, the default)",
+    )
     _add_use_commands(sub)
     return parser
 
@@ -305,8 +318,18 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     if args.device is not None:  # every stage's section
         sections = ("pretrain", "finetune", "linear_eval", "distill", "supervised")
         overrides += [f"{section}.device={json.dumps(args.device)}" for section in sections]
-    config = load_config(PipelineConfig, args.config, overrides)
-    results = Pipeline(config, command=" ".join(["simclrv2", *sys.argv[1:]])).run()
+    if args.student is not None:
+        overrides.append(f"distill_students={json.dumps([args.student])}")
+    command = " ".join(["simclrv2", *sys.argv[1:]])
+    if args.data is not None:
+        from simclrv2.engine.folder import folder_pipeline
+
+        pipe = folder_pipeline(args.data, args.config, overrides, command=command)
+        results, config = pipe.run(), pipe.c
+        _print(f"model: {config.run_dir}/model/  pool labels: {config.run_dir}/pool_predictions.csv")
+    else:
+        config = load_config(PipelineConfig, args.config, overrides)
+        results = Pipeline(config, command=command).run()
     _print(json.dumps({"table": results["table"], "wall_seconds": results["wall_seconds"]}, indent=2))
     _print(f"report: {config.run_dir}/report.md")
     return 0

@@ -54,11 +54,13 @@ __all__ = [
     "ImageClassifier",
     "Prediction",
     "Preprocess",
+    "export_onnx",
     "export_safetensors",
     "export_torchscript",
     "find_images",
     "inference_metadata",
     "load_classifier",
+    "onnx_logits",
     "predict_files",
     "write_predictions",
 ]
@@ -462,3 +464,68 @@ def _load_safetensors_pair(path: Path, image_size: int | None, load_size: int | 
         raise CheckpointError(f"{weights} does not match the architecture in {meta_path}: {err}") from None
     crop, load = image_size or meta["image_size"], load_size or meta["load_size"]
     return ImageClassifier(model, meta["arch"], meta["classes"], crop, load)
+
+
+ONNX_MISSING = (
+    "ONNX export needs the optional packages onnx, onnxscript and onnxruntime (to check the file): "
+    "pip install 'simclrv2[export]' (or pip install onnx onnxscript onnxruntime)"
+)
+ONNX_META = "simclrv2"
+"""Key of the metadata (class names, sizes, preprocessing) in an ONNX export's ``metadata_props``."""
+
+
+def export_onnx(
+    classifier: ImageClassifier,
+    path: str | Path,
+    size: int | None = None,
+    channels: int = 3,
+    dtype: torch.dtype = torch.uint8,
+) -> Path:
+    """Export preprocessing + model to ONNX (opset 18, PyTorch's ``torch.export``-based exporter) for
+    inputs ``images`` = ``(N, channels, size, size)`` of ``dtype`` (uint8 0..255 or float32 0..1), any N;
+    output ``logits`` ``(N, num_classes)``. ``size`` defaults to ``load_size``. Class names, sizes and the
+    preprocessing are in the model's ``metadata_props`` under ``simclrv2`` (JSON). Written atomically.
+
+    Needs ``onnx`` and ``onnxscript`` (the ``export`` extra); :func:`onnx_logits` runs the file with
+    onnxruntime to check it."""
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError(ONNX_MISSING) from None
+    if channels not in (1, 3) or dtype not in (torch.uint8, torch.float32):
+        raise ValueError(f"channels must be 1 or 3 and dtype uint8 or float32, got {channels}, {dtype}")
+    side = size or classifier.load_size
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(0)
+    example = torch.randint(0, 256, (2, channels, side, side), generator=gen, dtype=torch.uint8)
+    if dtype == torch.float32:
+        example = example.float() / 255.0
+    classifier = classifier.eval()
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on shape specialisation: the size is fixed
+        torch.onnx.export(
+            classifier, (example.to(classifier.device),), str(tmp), input_names=["images"],
+            output_names=["logits"], dynamic_shapes={"images": {0: batch}}, dynamo=True, opset_version=18,
+            verbose=False, external_data=False,
+        )  # fmt: skip
+    model = onnx.load(str(tmp))
+    meta = classifier.metadata()
+    meta["input"] = {"name": "images", "shape": ["N", channels, side, side], "dtype": str(dtype)[6:]}
+    onnx.helper.set_model_props(model, {ONNX_META: json.dumps(meta)})
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
+    return path
+
+
+def onnx_logits(path: str | Path, images: Tensor) -> Tensor:
+    """Logits of an ONNX export for ``images`` (its input dtype and shape), run by onnxruntime on the CPU."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ImportError(ONNX_MISSING) from None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(["logits"], {"images": images.cpu().numpy()})
+    return torch.from_numpy(out)
