@@ -125,7 +125,7 @@ def decode_array(path: str | Path, channels: int = 3, size: tuple[int, int] | No
         img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     if channels == 1:
         img = img.convert("L")
-    arr = np.asarray(img)
+    arr = np.array(img)  # a writable copy (torch warns on read-only arrays)
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
