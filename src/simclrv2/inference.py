@@ -17,8 +17,10 @@ On images of the dataset's size this is exactly what evaluation does
 
 Export: :func:`export_torchscript` traces the preprocessing + model for one input shape and dtype; the file
 loads with plain ``torch.jit.load`` (no simclrv2 needed) and carries the class names in an extra file
-``simclrv2.json``. :func:`export_safetensors` writes ``model.safetensors`` + ``model.json`` (needs the
-optional ``safetensors`` package); :func:`load_classifier` reads that pair back.
+``simclrv2.json``. :func:`export_onnx` writes the same graph as ONNX (opset 18, any batch size; needs the
+``export`` extra: onnx, onnxscript) and :func:`onnx_logits` runs it in onnxruntime. :func:`export_safetensors`
+writes ``model.safetensors`` + ``model.json`` (needs the optional ``safetensors`` package);
+:func:`load_classifier` reads that pair back.
 """
 
 from __future__ import annotations
@@ -398,11 +400,7 @@ def export_torchscript(
         raise ValueError(f"size must be positive, got {h}x{w}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(0)
-    example = torch.randint(0, 256, (2, channels, h, w), generator=gen, dtype=torch.uint8)
-    if dtype == torch.float32:
-        example = example.float() / 255.0
-    example = example.to(classifier.device)
+    example = _example_input(classifier, channels, h, w, dtype)
     classifier.eval()
     meta = classifier.metadata()
     meta["input"] = {"shape": ["N", channels, h, w], "dtype": str(dtype).replace("torch.", "")}
@@ -414,6 +412,15 @@ def export_torchscript(
         traced = torch.jit.trace(classifier, example)
         torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_META: json.dumps(meta)})
     return path
+
+
+def _example_input(classifier: ImageClassifier, channels: int, h: int, w: int, dtype: torch.dtype) -> Tensor:
+    """Two random images of the export's input spec (uint8 0..255 or float32 0..1), on the model's device."""
+    gen = torch.Generator().manual_seed(0)
+    example = torch.randint(0, 256, (2, channels, h, w), generator=gen, dtype=torch.uint8)
+    if dtype == torch.float32:
+        example = example.float() / 255.0
+    return example.to(classifier.device)
 
 
 def _safetensors() -> Any:
@@ -497,17 +504,14 @@ def export_onnx(
     side = size or classifier.load_size
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(0)
-    example = torch.randint(0, 256, (2, channels, side, side), generator=gen, dtype=torch.uint8)
-    if dtype == torch.float32:
-        example = example.float() / 255.0
+    example = _example_input(classifier, channels, side, side, dtype)
     classifier = classifier.eval()
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     tmp = path.with_name(f".{path.name}.tmp")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on shape specialisation: the size is fixed
         torch.onnx.export(
-            classifier, (example.to(classifier.device),), str(tmp), input_names=["images"],
+            classifier, (example,), str(tmp), input_names=["images"],
             output_names=["logits"], dynamic_shapes={"images": {0: batch}}, dynamo=True, opset_version=18,
             verbose=False, external_data=False,
         )  # fmt: skip

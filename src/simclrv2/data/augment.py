@@ -373,27 +373,8 @@ def sample_crop_boxes(
     where the box fits. Returns ``(n, 4)`` int64 rows ``(top, left, box_height, box_width)`` on the
     generator's device.
     """
-    dtype = torch.float64  # integer pixel sizes from float32 would round differently from torchvision
-    area = float(height * width) * (
-        scale[0] + (scale[1] - scale[0]) * _rand(generator, n, attempts, dtype=dtype)
-    )
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * _rand(generator, n, attempts, dtype=dtype))
-    box_w = torch.sqrt(area * aspect).round().long()
-    box_h = torch.sqrt(area / aspect).round().long()
-    valid = (box_w >= 1) & (box_w <= width) & (box_h >= 1) & (box_h <= height)
-    first = valid.to(torch.uint8).argmax(dim=1, keepdim=True)  # argmax returns the first maximum
-    found = valid.any(dim=1)
-    fb_h, fb_w = _fallback_box(height, width, ratio)
-    box_h = torch.where(found, box_h.gather(1, first).squeeze(1), fb_h)
-    box_w = torch.where(found, box_w.gather(1, first).squeeze(1), fb_w)
-    offsets = _rand(generator, n, 2, dtype=dtype)
-    top = torch.minimum((offsets[:, 0] * (height - box_h + 1)).long(), height - box_h)
-    left = torch.minimum((offsets[:, 1] * (width - box_w + 1)).long(), width - box_w)
-    # torchvision centres the fallback box
-    top = torch.where(found, top, (height - box_h) // 2)
-    left = torch.where(found, left, (width - box_w) // 2)
-    return torch.stack([top, left, box_h, box_w], dim=1)
+    full = torch.ones(n, dtype=torch.float64, device=generator.device)
+    return sample_crop_boxes_per_image(full * height, full * width, generator, scale, ratio, attempts)
 
 
 def sample_crop_boxes_per_image(
@@ -407,7 +388,7 @@ def sample_crop_boxes_per_image(
     """:func:`sample_crop_boxes` for images of different sizes (``heights``, ``widths``: ``(n,)``, e.g. the
     photos of a streamed batch): the same rule and the same draws, so images of one size get exactly the
     boxes :func:`sample_crop_boxes` gives them. Returns ``(n, 4)`` int64 ``(top, left, box_h, box_w)``."""
-    dtype = torch.float64
+    dtype = torch.float64  # integer pixel sizes from float32 would round differently from torchvision
     n = heights.shape[0]
     h = heights.to(device=generator.device, dtype=dtype).view(n, 1)
     w = widths.to(device=generator.device, dtype=dtype).view(n, 1)
@@ -433,15 +414,6 @@ def sample_crop_boxes_per_image(
     top = torch.where(found, top, (hl - box_h) // 2)
     left = torch.where(found, left, (wl - box_w) // 2)
     return torch.stack([top, left, box_h, box_w], dim=1)
-
-
-def _fallback_box(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        return round(width / ratio[0]), width
-    if in_ratio > ratio[1]:
-        return height, round(height * ratio[1])
-    return height, width
 
 
 def sample_color_params(n: int, cfg: AugmentConfig, generator: torch.Generator) -> ColorParams:

@@ -38,13 +38,9 @@ WARMUP_SHARE = 0.05
 
 
 def pretrain_batch_size(num_images: int, cap: int = MAX_BATCH) -> int:
-    """The largest power of two <= num_images / 8 (>= 8 steps per epoch), at most ``cap``, at least 2."""
-    if num_images < 16:
-        raise ConfigError(
-            f"{num_images} training images are too few for contrastive pretraining (batches of >= 2 images, "
-            "several steps per epoch): add unlabeled images"
-        )
-    return max(2, min(cap, 2 ** int(math.log2(num_images / 8))))
+    """The largest power of two <= num_images / 8 (>= 8 steps per epoch), at most ``cap``, at least 2 (NT-Xent
+    needs negatives; a folder with fewer images than a batch is refused by the loader, naming both)."""
+    return min(cap, 2 ** int(math.log2(max(num_images / 8, 2))))
 
 
 def _crop_and_load(short_side: int) -> tuple[int, int, str]:
