@@ -72,10 +72,11 @@ def test_layout_1_without_test_holds_out_a_class_balanced_validation_part(tmp_pa
     assert splits.per_class(splits.validation) == {"cat": 1, "dog": 1}
     assert splits.per_class(splits.labeled_train) == {"cat": 2, "dog": 2}
     held = {f for f, _ in splits.validation}
-    train = load_dataset("folder", "train", root=tmp_path, validation_fraction=0.4)
+    train = load_dataset("folder", "train", root=tmp_path, validation_fraction=0.4, cache_gb=0)
     assert len(train) == 8  # 4 labeled + 4 unlabeled: the validation images are in no training split
-    paths = {str(p) for p in getattr(train.dataset, "paths", [])} if train.dataset is not None else set()
-    assert not held & paths
+    assert train.dataset is not None
+    paths = {str(p) for p in train.dataset.paths}  # type: ignore[attr-defined]
+    assert len(paths) == 8 and not held & paths
     val = load_dataset("folder", "test", root=tmp_path, validation_fraction=0.4)
     assert val.eval_name == "validation" and val.name == "folder/validation" and len(val) == 2
     again = folder_splits(tmp_path, validation_fraction=0.4)

@@ -552,11 +552,15 @@ def load_user_folder(
     budget = DEFAULT_CACHE_GB if cache_gb is None else float(cache_gb)
     if split in ("labeled", "unlabeled"):
         train = load_user_folder("train", root, size, bad_images, budget, validation_fraction)
-        n = len(splits.labeled_train)
-        idx = torch.arange(n) if split == "labeled" else torch.arange(n, len(train))
+        n = len(splits.labeled_train)  # the labeled images come first
+        part = slice(0, n) if split == "labeled" else slice(n, len(train))
+        if train.images is not None:  # a view, not a copy of what may be gigabytes
+            return ImageData(
+                train.images[part], train.labels[part].clone(), train.classes, name=f"folder/{split}"
+            )
         from simclrv2.data.subsets import subset_data
 
-        out = subset_data(train, idx)
+        out = subset_data(train, torch.arange(len(train))[part])
         out.name = f"folder/{split}"
         return out
     if split == "train":
@@ -572,7 +576,8 @@ def load_user_folder(
         len(samples), samples[0][0] if samples else "",
     )  # fmt: skip
     if key not in _DECODED_CACHE:
-        _DECODED_CACHE.clear() if len(_DECODED_CACHE) >= 4 else None
+        if len(_DECODED_CACHE) >= 4:  # a few splits of one folder; another folder replaces them
+            _DECODED_CACHE.clear()
         _DECODED_CACHE[key] = _build(splits, samples, size, bad_images, budget, name)
     images, dataset, labels = _DECODED_CACHE[key]
     return ImageData(

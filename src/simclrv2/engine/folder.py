@@ -81,6 +81,7 @@ def folder_recipe(splits: FolderSplits) -> tuple[dict[str, Any], dict[str, str]]
         "distill": {"batch_size": batch},
     }
     why = {
+        "labels": "every labeled image",
         "data.image_size": why_crop,
         "data.load_size": "what evaluation centre-crops 87.5% of" if crop > 32 else "the images' size",
         "pretrain.model.small_images": "3x3 stem without max-pool for crops <= 64 px"
