@@ -145,35 +145,50 @@ def render_crop(
 
     ``source``: an image file, or a decoded uint8 (H, W, C) array (:class:`ImageStore`). ``box``: (top,
     left, height, width) as **fractions** of the oriented image, so the same draw fits the image whatever
-    scale it is decoded at. ``flip``: mirror horizontally. Bicubic, antialiased when shrinking (PIL)."""
+    scale it is decoded at. ``flip``: mirror horizontally. Bicubic, antialiased when shrinking (PIL). The
+    result is a channels-first view of the rendered pixels (the batch collation makes it contiguous)."""
+    from PIL import Image, ImageOps
+
+    if isinstance(source, np.ndarray):
+        return _render(Image.fromarray(source[:, :, 0] if source.shape[2] == 1 else source), box, flip, size)
+    with Image.open(source) as opened:
+        _draft_for_box(opened, float(box[2]), float(box[3]), size)
+        ImageOps.exif_transpose(opened, in_place=True)  # no copy: rendered before the file closes
+        return _render(_to_rgb(opened), box, flip, size)
+
+
+def _render(img: Any, box: Sequence[float], flip: bool, size: int) -> Tensor:
     from PIL import Image
 
     top, left, bh, bw = (float(v) for v in box)
-    if isinstance(source, np.ndarray):
-        img = Image.fromarray(source[:, :, 0] if source.shape[2] == 1 else source)
-    else:
-        img = _open_for_box(source, bh, bw, size)
     w, h = img.size
     region = (left * w, top * h, (left + bw) * w, (top + bh) * h)
     out = img.resize((size, size), Image.Resampling.BICUBIC, box=region)
     if flip:
         out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    arr = np.asarray(out.convert("RGB") if out.mode != "RGB" else out)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+    if out.mode != "RGB":
+        out = out.convert("RGB")
+    return torch.from_numpy(np.array(out)).permute(2, 0, 1)
+
+
+def _draft_for_box(opened: Any, bh: float, bw: float, size: int) -> None:
+    """Let a JPEG decode at the smallest DCT scale at which a box of fractions (bh, bw) of the oriented
+    image still has ``size`` pixels on both sides."""
+    if opened.format != "JPEG":
+        return
+    ow, oh = oriented_size(opened)
+    reduce = draft_scale(bh * oh, bw * ow, size)
+    if reduce >= 2:
+        sw, sh = opened.size  # the stored frame (draft runs before the EXIF rotation)
+        opened.draft("RGB", (math.ceil(sw / reduce), math.ceil(sh / reduce)))
 
 
 def _open_for_box(path: str | Path, bh: float, bw: float, size: int) -> Any:
-    """Decode ``path`` at the smallest JPEG scale at which a box of fractions (bh, bw) still has ``size``
-    pixels on both sides."""
+    """``path`` decoded as :func:`render_crop` decodes it (for tests and the loader benchmark)."""
     from PIL import Image, ImageOps
 
     with Image.open(path) as opened:
-        if opened.format == "JPEG":
-            ow, oh = oriented_size(opened)
-            reduce = draft_scale(bh * oh, bw * ow, size)
-            if reduce >= 2:
-                sw, sh = opened.size  # the stored frame (draft runs before the EXIF rotation)
-                opened.draft("RGB", (math.ceil(sw / reduce), math.ceil(sh / reduce)))
+        _draft_for_box(opened, bh, bw, size)
         return _to_rgb(ImageOps.exif_transpose(opened))
 
 
