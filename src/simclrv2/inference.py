@@ -382,14 +382,17 @@ def export_torchscript(
     size: int | tuple[int, int] | None = None,
     channels: int = 3,
     dtype: torch.dtype = torch.uint8,
-) -> Path:
+    check_on: Tensor | None = None,
+) -> Path | tuple[Path, float]:
     """Trace preprocessing + model for inputs ``(N, channels, H, W)`` of ``dtype`` (uint8 0..255 or float32
     0..1) and save it with ``torch.jit.save``. ``size``: H = W, or (H, W); default ``load_size``.
 
     The traced graph is fixed to that channel count, size and dtype (any batch size N); it loads with plain
     ``torch.jit.load`` and holds the class names etc. in the extra file ``simclrv2.json``. TorchScript is
     deprecated in recent PyTorch (a FutureWarning on save and load) but still the one-file format that
-    needs nothing but torch.
+    needs nothing but torch. With ``check_on`` (images of the input spec), returns (path, the largest
+    difference between the traced module's logits and the classifier's on them): the saved file is that
+    module (this package never loads TorchScript files itself: see docs/reliability.md, Security).
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -411,7 +414,12 @@ def export_torchscript(
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+. is deprecated", category=FutureWarning)
         traced = torch.jit.trace(classifier, example)
         torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_META: json.dumps(meta)})
-    return path
+    if check_on is None:
+        return path
+    with torch.inference_mode():
+        x = check_on.to(classifier.device)
+        diff = float((traced(x).float() - classifier(x).float()).abs().max())
+    return path, diff
 
 
 def _example_input(classifier: ImageClassifier, channels: int, h: int, w: int, dtype: torch.dtype) -> Tensor:
