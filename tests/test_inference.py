@@ -20,7 +20,7 @@ from simclrv2.cli import main
 from simclrv2.data import center_crop, load_dataset
 from simclrv2.data.datasets import decode_rgb
 from simclrv2.engine.classify import predict_logits
-from simclrv2.engine.finetune import build_model_from_checkpoint
+from simclrv2.engine.finetune import build_model, build_model_from_checkpoint, model_arch
 from simclrv2.inference import (
     ImageClassifier,
     Preprocess,
@@ -299,3 +299,43 @@ def test_safetensors_code_path_with_a_stand_in_package(
     (tmp_path / "exp" / "m.json").unlink()
     with pytest.raises(CheckpointError, match="pair"):
         load_classifier(tmp_path / "exp" / "m.safetensors")
+
+
+def test_onnx_export_gives_the_checkpoints_logits_in_onnxruntime(
+    classifier_checkpoint: Path,
+    classifier: ImageClassifier,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from simclrv2.inference import ONNX_META, export_onnx, onnx_logits
+
+    assert main(["export", "--model", str(classifier_checkpoint), "--format", "onnx"]) == 0
+    path = classifier_checkpoint.parent / "model.onnx"
+    assert "onnxruntime vs the checkpoint" in capsys.readouterr().out
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta[ONNX_META])["classes"][0] == "class0"
+    gen = torch.Generator().manual_seed(2)
+    for n in (1, 5):  # any batch size
+        x = torch.randint(0, 256, (n, 3, 32, 32), generator=gen, dtype=torch.uint8)
+        with torch.no_grad():
+            torch.testing.assert_close(onnx_logits(path, x), classifier(x), atol=1e-4, rtol=0)
+    assert main(["export", "--model", str(classifier_checkpoint), "--format", "onnx"]) == 2  # no --force
+
+    # A model with large logits and the 87.5% bicubic centre crop (crop 56 of 64 px), gray float input.
+    arch = model_arch("r18_0.125x_sk0", True, 0, 0, 0, 3)
+    torch.manual_seed(0)
+    model = build_model(arch).eval()
+    for p in model.classifier.parameters():  # zero-initialised otherwise
+        p.data.normal_(0.0, 10.0)
+    big = ImageClassifier(model, arch, ["a", "b", "c"], image_size=56, load_size=64).eval()
+    out = export_onnx(big, tmp_path / "big.onnx", channels=1, dtype=torch.float32)
+    gray = torch.rand(3, 1, 64, 64, generator=gen)
+    with torch.no_grad():
+        expected = big(gray)
+    assert expected.abs().max() > 1.0 and expected.std(dim=0).min() > 0.01  # differs per image
+    torch.testing.assert_close(
+        onnx_logits(out, gray), expected, atol=1e-4 * float(expected.abs().max()), rtol=0
+    )

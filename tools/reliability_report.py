@@ -54,9 +54,11 @@ write); 3 stopped (NaN/Inf, out of memory); 75 interrupted by SIGTERM/SIGINT aft
 SIGINT/SIGTERM (the previous checkpoint is intact).
 
 Not covered: multi-process (torchrun) runs, where a signal must reach every rank (torchrun forwards it) and
-only rank 0 writes; CIFAR's python-pickle batches, which torchvision unpickles (trusted downloads only);
-a JPEG truncated so that its header still reads is caught when it is decoded, not by the scan before
-training (it then stops the run or, with `data.bad_images=skip`, is replaced by the next image).
+only rank 0 writes; CIFAR's python-pickle batches, which torchvision unpickles (trusted downloads only).
+A truncated JPEG (no end marker) is caught by the scan before training; damage that only decoding finds
+(simulated in the suite) stops the run naming the file or, with `data.bad_images=skip`, the image is replaced
+by the next one; a user folder that fits the memory budget is decoded before training, so there it is
+caught before any work too.
 """
 
 

@@ -169,11 +169,24 @@ def build_parser() -> argparse.ArgumentParser:
         description="Runs pretrain -> linear eval -> fine-tune (each label subset, each head layer) -> "
         "distill -> supervised baseline, then writes results.json and report.md with figures into run_dir. "
         "Each stage has its own directory; a finished stage is skipped and an interrupted one resumes when "
-        "the same command is run again.",
+        "the same command is run again. With --data FOLDER (your own images: FOLDER/labeled/<class>/ + "
+        "FOLDER/unlabeled/ [+ FOLDER/test/<class>/], or FOLDER/labels.csv [+ test.csv]) no config is "
+        "needed: the recipe is derived from the images and said before any work, and run_dir also gets "
+        "model/ (the final model: checkpoint, TorchScript, ONNX) and pool_predictions.csv.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_config_args(p)
+    p.add_argument(
+        "--data",
+        metavar="FOLDER",
+        help="your own images: a few labeled, many unlabeled (see the README, 'Your own images')",
+    )
+    p.add_argument(
+        "--student",
+        metavar="NAME",
+        help="distill into this backbone, or 'same' (self-distillation, the default)",
+    )
     _add_use_commands(sub)
     _add_interop_commands(sub)
     return parser
@@ -252,17 +265,19 @@ def _add_use_commands(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "export",
-        help="export a trained classifier with its preprocessing (TorchScript or safetensors)",
+        help="export a trained classifier with its preprocessing (TorchScript, ONNX or safetensors)",
         description="torchscript: preprocessing + model traced for inputs (N, C, H, W) of one dtype "
         "(uint8 0..255 or float32 0..1), channel count and size (default: the dataset's image size); "
-        "loads with plain torch.jit.load, class names in the extra file simclrv2.json. safetensors: "
+        "loads with plain torch.jit.load, class names in the extra file simclrv2.json. onnx: the same "
+        "graph as ONNX (opset 18; input 'images', output 'logits'; class names in the metadata entry "
+        "'simclrv2'), checked with onnxruntime; needs `pip install 'simclrv2[export]'`. safetensors: "
         "model.safetensors + model.json (architecture, classes, image sizes), read back by "
         "simclrv2.load_classifier; needs `pip install safetensors`.",
     )
     p.add_argument(
         "--model", required=True, metavar="CKPT", help="classifier checkpoint (last.pt) or zoo: ref"
     )
-    p.add_argument("--format", required=True, choices=["torchscript", "safetensors"])
+    p.add_argument("--format", required=True, choices=["torchscript", "onnx", "safetensors"])
     p.add_argument(
         "--output",
         "-o",
@@ -364,8 +379,18 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     if args.device is not None:  # every stage's section
         sections = ("pretrain", "finetune", "linear_eval", "distill", "supervised")
         overrides += [f"{section}.device={json.dumps(args.device)}" for section in sections]
-    config = load_config(PipelineConfig, args.config, overrides)
-    results = Pipeline(config, command=" ".join(["simclrv2", *sys.argv[1:]])).run()
+    if args.student is not None:
+        overrides.append(f"distill_students={json.dumps([args.student])}")
+    command = " ".join(["simclrv2", *sys.argv[1:]])
+    if args.data is not None:
+        from simclrv2.engine.folder import folder_pipeline
+
+        pipe = folder_pipeline(args.data, args.config, overrides, command=command)
+        results, config = pipe.run(), pipe.c
+        _print(f"model: {config.run_dir}/model/  pool labels: {config.run_dir}/pool_predictions.csv")
+    else:
+        config = load_config(PipelineConfig, args.config, overrides)
+        results = Pipeline(config, command=command).run()
     _print(json.dumps({"table": results["table"], "wall_seconds": results["wall_seconds"]}, indent=2))
     _print(f"report: {config.run_dir}/report.md")
     return 0
@@ -427,6 +452,8 @@ def _run_export(args: argparse.Namespace) -> int:
 
     args.model = str(resolve_checkpoint_path(args.model))  # a zoo: reference -> its converted checkpoint
     torchscript = args.format == "torchscript"
+    if args.format == "onnx":
+        return _export_onnx(args)
     if not torchscript and importlib.util.find_spec("safetensors") is None:
         print(f"simclrv2 export: error: {SAFETENSORS_MISSING}", file=sys.stderr)
         return 2
@@ -478,6 +505,38 @@ def _run_zoo(args: argparse.Namespace) -> int:
         return 0
     for ref in args.refs:
         print(zoo.resolve(ref))
+    return 0
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    """``export --format onnx``: preprocessing + model as ONNX, checked with onnxruntime on random inputs."""
+    from pathlib import Path
+
+    import torch
+
+    from simclrv2.inference import ONNX_MISSING, export_onnx, load_classifier, onnx_logits
+
+    out = Path(args.output) if args.output else Path(args.model).parent / "model.onnx"
+    if out.exists() and not args.force:
+        raise FileExistsError(f"{out} already exists: pass --force to overwrite it")
+    if args.size is not None and args.size < 1:
+        raise ValueError(f"--size must be positive, got {args.size}")
+    classifier = load_classifier(args.model, "cpu")
+    dtype = torch.uint8 if args.dtype == "uint8" else torch.float32
+    side = args.size or classifier.load_size
+    try:
+        export_onnx(classifier, out, side, args.channels, dtype)
+        x = torch.randint(0, 256, (4, args.channels, side, side), dtype=torch.uint8)
+        x = x if dtype == torch.uint8 else x.float() / 255
+        with torch.inference_mode():
+            diff = float((onnx_logits(out, x) - classifier(x)).abs().max())
+    except ImportError:
+        print(f"simclrv2 export: error: {ONNX_MISSING}", file=sys.stderr)
+        return 2
+    print(
+        f"{out}: ONNX, input 'images' {args.dtype} (N, {args.channels}, {side}, {side}), output 'logits' "
+        f"over {len(classifier.classes)} classes; onnxruntime vs the checkpoint: max |difference| {diff:.2g}"
+    )
     return 0
 
 

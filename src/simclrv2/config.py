@@ -25,7 +25,8 @@ class ConfigError(ValueError):
 @dataclass
 class DataConfig:
     name: str = "fashion-mnist"
-    """Dataset name: fashion-mnist, cifar10, cifar100, stl10, imagefolder, synthetic."""
+    """Dataset name: fashion-mnist, cifar10, cifar100, stl10, imagefolder, folder (a user's own labeled +
+    unlabeled images: ``simclrv2 pipeline --data``), synthetic."""
     root: str = "./data"
     """Where datasets live (Fashion-MNIST is also found in /usr/share/datasets/fashion-mnist)."""
     download: bool = False
@@ -41,8 +42,14 @@ class DataConfig:
     synthetic_size: int | None = None
     """synthetic only: number of training images."""
     bad_images: str = "fail"
-    """imagefolder: unreadable or corrupt image files stop the run before work (``fail``, listing them) or
-    are left out with a warning that counts them (``skip``)."""
+    """imagefolder and folder: unreadable or corrupt image files stop the run before work (``fail``, listing
+    them) or are left out with a warning that counts them (``skip``)."""
+    cache_gb: float = 4.0
+    """folder: a split that decodes to at most this many GiB is decoded once and held in memory as uint8
+    (later epochs decode nothing); larger ones stream from the files. 0 = always stream."""
+    validation_fraction: float = 0.2
+    """folder without a test set: the class-balanced fraction of the labeled images held out (never trained
+    on) to evaluate on, reported as "validation"."""
 
 
 @dataclass
@@ -557,11 +564,13 @@ def _validate_classify(c: Any, labels: bool = True) -> None:
             _check_positive(key, value)
 
 
-DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic")
+DATASET_NAMES = ("fashion-mnist", "cifar10", "cifar100", "stl10", "imagefolder", "folder", "synthetic")
 
 
 def _check_data(data: DataConfig) -> None:
     _check_choice("data.bad_images", data.bad_images, ("fail", "skip"))
+    _check_nonnegative("data.cache_gb", data.cache_gb)
+    _check_range("data.validation_fraction", data.validation_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
     if data.image_size is not None and data.load_size is not None and data.image_size > data.load_size:
         raise ConfigError(
             f"data.image_size={data.image_size} (the crop) is larger than data.load_size={data.load_size} "
@@ -723,8 +732,28 @@ def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, An
     return out
 
 
-def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequence[str] = ()) -> C:
-    """Defaults <- YAML file <- ``--set`` overrides, then ``validate()``; any problem raises ConfigError."""
+def load_config(
+    cls: type[C],
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    base: Mapping[str, Any] | None = None,
+) -> C:
+    """Defaults <- ``base`` <- YAML file <- ``--set`` overrides, then ``validate()``; any problem raises
+    ConfigError. ``base``: settings derived by the program (e.g. from the data: ``pipeline --data``), which
+    the user's file and overrides still win over."""
+    values = _deep_merge(dict(base or {}), user_settings(cls, path, overrides))
+    if cls is PipelineConfig:
+        values = _share_data(values)
+    config = from_dict(cls, values)
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        validate()
+    return config
+
+
+def user_settings(cls: type, path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """What the user set: the YAML file's settings (``cls``'s section of a pipeline file) with the ``--set``
+    overrides merged in, as a nested dict (no defaults)."""
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -741,14 +770,7 @@ def load_config(cls: type[C], path: str | Path | None = None, overrides: Sequenc
                 f"config file {path} must hold a mapping of settings, got {type(loaded).__name__}"
             )
         values = stage_section(cls, dict(loaded))
-    values = _deep_merge(values, parse_overrides(overrides))
-    if cls is PipelineConfig:
-        values = _share_data(values)
-    config = from_dict(cls, values)
-    validate = getattr(config, "validate", None)
-    if validate is not None:
-        validate()
-    return config
+    return _deep_merge(values, parse_overrides(overrides))
 
 
 def stage_section(cls: type, values: dict[str, Any]) -> dict[str, Any]:

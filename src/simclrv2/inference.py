@@ -17,8 +17,10 @@ On images of the dataset's size this is exactly what evaluation does
 
 Export: :func:`export_torchscript` traces the preprocessing + model for one input shape and dtype; the file
 loads with plain ``torch.jit.load`` (no simclrv2 needed) and carries the class names in an extra file
-``simclrv2.json``. :func:`export_safetensors` writes ``model.safetensors`` + ``model.json`` (needs the
-optional ``safetensors`` package); :func:`load_classifier` reads that pair back.
+``simclrv2.json``. :func:`export_onnx` writes the same graph as ONNX (opset 18, any batch size; needs the
+``export`` extra: onnx, onnxscript) and :func:`onnx_logits` runs it in onnxruntime. :func:`export_safetensors`
+writes ``model.safetensors`` + ``model.json`` (needs the optional ``safetensors`` package);
+:func:`load_classifier` reads that pair back.
 """
 
 from __future__ import annotations
@@ -54,11 +56,13 @@ __all__ = [
     "ImageClassifier",
     "Prediction",
     "Preprocess",
+    "export_onnx",
     "export_safetensors",
     "export_torchscript",
     "find_images",
     "inference_metadata",
     "load_classifier",
+    "onnx_logits",
     "predict_files",
     "write_predictions",
 ]
@@ -378,14 +382,17 @@ def export_torchscript(
     size: int | tuple[int, int] | None = None,
     channels: int = 3,
     dtype: torch.dtype = torch.uint8,
-) -> Path:
+    check_on: Tensor | None = None,
+) -> Path | tuple[Path, float]:
     """Trace preprocessing + model for inputs ``(N, channels, H, W)`` of ``dtype`` (uint8 0..255 or float32
     0..1) and save it with ``torch.jit.save``. ``size``: H = W, or (H, W); default ``load_size``.
 
     The traced graph is fixed to that channel count, size and dtype (any batch size N); it loads with plain
     ``torch.jit.load`` and holds the class names etc. in the extra file ``simclrv2.json``. TorchScript is
     deprecated in recent PyTorch (a FutureWarning on save and load) but still the one-file format that
-    needs nothing but torch.
+    needs nothing but torch. With ``check_on`` (images of the input spec), returns (path, the largest
+    difference between the traced module's logits and the classifier's on them): the saved file is that
+    module (this package never loads TorchScript files itself: see docs/reliability.md, Security).
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
@@ -396,11 +403,7 @@ def export_torchscript(
         raise ValueError(f"size must be positive, got {h}x{w}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    gen = torch.Generator().manual_seed(0)
-    example = torch.randint(0, 256, (2, channels, h, w), generator=gen, dtype=torch.uint8)
-    if dtype == torch.float32:
-        example = example.float() / 255.0
-    example = example.to(classifier.device)
+    example = _example_input(classifier, channels, h, w, dtype)
     classifier.eval()
     meta = classifier.metadata()
     meta["input"] = {"shape": ["N", channels, h, w], "dtype": str(dtype).replace("torch.", "")}
@@ -411,7 +414,21 @@ def export_torchscript(
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+. is deprecated", category=FutureWarning)
         traced = torch.jit.trace(classifier, example)
         torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_META: json.dumps(meta)})
-    return path
+    if check_on is None:
+        return path
+    with torch.inference_mode():
+        x = check_on.to(classifier.device)
+        diff = float((traced(x).float() - classifier(x).float()).abs().max())
+    return path, diff
+
+
+def _example_input(classifier: ImageClassifier, channels: int, h: int, w: int, dtype: torch.dtype) -> Tensor:
+    """Two random images of the export's input spec (uint8 0..255 or float32 0..1), on the model's device."""
+    gen = torch.Generator().manual_seed(0)
+    example = torch.randint(0, 256, (2, channels, h, w), generator=gen, dtype=torch.uint8)
+    if dtype == torch.float32:
+        example = example.float() / 255.0
+    return example.to(classifier.device)
 
 
 def _safetensors() -> Any:
@@ -462,3 +479,65 @@ def _load_safetensors_pair(path: Path, image_size: int | None, load_size: int | 
         raise CheckpointError(f"{weights} does not match the architecture in {meta_path}: {err}") from None
     crop, load = image_size or meta["image_size"], load_size or meta["load_size"]
     return ImageClassifier(model, meta["arch"], meta["classes"], crop, load)
+
+
+ONNX_MISSING = (
+    "ONNX export needs the optional packages onnx, onnxscript and onnxruntime (to check the file): "
+    "pip install 'simclrv2[export]' (or pip install onnx onnxscript onnxruntime)"
+)
+ONNX_META = "simclrv2"
+"""Key of the metadata (class names, sizes, preprocessing) in an ONNX export's ``metadata_props``."""
+
+
+def export_onnx(
+    classifier: ImageClassifier,
+    path: str | Path,
+    size: int | None = None,
+    channels: int = 3,
+    dtype: torch.dtype = torch.uint8,
+) -> Path:
+    """Export preprocessing + model to ONNX (opset 18, PyTorch's ``torch.export``-based exporter) for
+    inputs ``images`` = ``(N, channels, size, size)`` of ``dtype`` (uint8 0..255 or float32 0..1), any N;
+    output ``logits`` ``(N, num_classes)``. ``size`` defaults to ``load_size``. Class names, sizes and the
+    preprocessing are in the model's ``metadata_props`` under ``simclrv2`` (JSON). Written atomically.
+
+    Needs ``onnx`` and ``onnxscript`` (the ``export`` extra); :func:`onnx_logits` runs the file with
+    onnxruntime to check it."""
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError(ONNX_MISSING) from None
+    if channels not in (1, 3) or dtype not in (torch.uint8, torch.float32):
+        raise ValueError(f"channels must be 1 or 3 and dtype uint8 or float32, got {channels}, {dtype}")
+    side = size or classifier.load_size
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    example = _example_input(classifier, channels, side, side, dtype)
+    classifier = classifier.eval()
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on shape specialisation: the size is fixed
+        torch.onnx.export(
+            classifier, (example,), str(tmp), input_names=["images"],
+            output_names=["logits"], dynamic_shapes={"images": {0: batch}}, dynamo=True, opset_version=18,
+            verbose=False, external_data=False,
+        )  # fmt: skip
+    model = onnx.load(str(tmp))
+    meta = classifier.metadata()
+    meta["input"] = {"name": "images", "shape": ["N", channels, side, side], "dtype": str(dtype)[6:]}
+    onnx.helper.set_model_props(model, {ONNX_META: json.dumps(meta)})
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
+    return path
+
+
+def onnx_logits(path: str | Path, images: Tensor) -> Tensor:
+    """Logits of an ONNX export for ``images`` (its input dtype and shape), run by onnxruntime on the CPU."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ImportError(ONNX_MISSING) from None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(["logits"], {"images": images.cpu().numpy()})
+    return torch.from_numpy(out)

@@ -438,3 +438,22 @@ def test_crop_flip_shards_equal_the_single_process_batch() -> None:
     assert torch.equal(torch.cat(parts), whole)
     with pytest.raises(ValueError, match="shard rank"):
         crop_flip(images, 24, torch.Generator(), shard=(2, 2))
+
+
+def test_distort_views_colours_cropped_views_like_one_global_draw() -> None:
+    """Streamed photos arrive cropped by the loader; the device only distorts them (SPEC 5). Two ranks'
+    halves equal one process's batch, and with every distortion off the views pass through unchanged."""
+    views = torch.randint(
+        0, 256, (8, 3, 12, 12), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
+    cfg = AugmentConfig(crop_size=12, color_strength=0.5, blur=True)
+    full = A.distort_views(views, cfg, torch.Generator().manual_seed(3))
+    assert full.shape == (8, 3, 12, 12) and full.dtype == torch.float32 and 0 <= full.min() <= full.max() <= 1
+    # view-major rows: view a of images 0-3, view b of images 0-3; rank r holds images 2r, 2r+1 of each view
+    rank_rows = [[0, 1, 4, 5], [2, 3, 6, 7]]
+    for rank, rows in enumerate(rank_rows):
+        part = A.distort_views(views[rows], cfg, torch.Generator().manual_seed(3), shard=(rank, 2))
+        assert torch.allclose(part, full[rows], atol=1e-6)
+    off = AugmentConfig(crop_size=12, color_p=0.0, grayscale_p=0.0, blur=False)
+    passed = A.distort_views(views, off, torch.Generator().manual_seed(3))
+    assert torch.allclose(passed, views.float() / 255, atol=1e-6)

@@ -101,7 +101,15 @@ def test_unknown_name_and_split() -> None:
         load_dataset("mnist", "train")
     with pytest.raises(ValueError, match=r"'unlabeled'.*train, test"):
         load_dataset("cifar10", "unlabeled")
-    assert set(DATASETS) == {"fashion-mnist", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic"}
+    assert set(DATASETS) == {
+        "fashion-mnist",
+        "cifar10",
+        "cifar100",
+        "stl10",
+        "imagefolder",
+        "folder",
+        "synthetic",
+    }
 
 
 # ---------------------------------------------------------------------------------------------- CIFAR

@@ -166,7 +166,7 @@ def run_tiny_pipeline(root: Path) -> None:
     from simclrv2.config import PipelineConfig, load_config
     from simclrv2.engine import pipeline
 
-    pipeline.write_pipeline_report = lambda root, results: root / "report.md"  # type: ignore[assignment]
+    pipeline.write_pipeline_report = lambda root, *_: root / "report.md"  # type: ignore[assignment]
     pipeline.Pipeline(load_config(PipelineConfig, None, [*TINY_PIPELINE, f"run_dir={root}"]), False).run()
 
 

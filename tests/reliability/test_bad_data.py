@@ -159,11 +159,41 @@ def _truncated_jpeg(path: Path) -> Path:
     return path
 
 
+def test_a_truncated_jpeg_is_caught_by_the_scan_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fault: FaultLog
+) -> None:
+    """A JPEG cut inside its scan data has a readable header; its missing end marker gives it away, and the
+    scan decodes it to be sure (files with bytes after the marker are not suspected)."""
+    root = _folder(tmp_path / "data", per_class=2)
+    cut = _truncated_jpeg(root / "train" / "a" / "a9.jpg")
+    err = _error(_pretrain(root, tmp_path / "r1", "batch_size=4"), capsys)
+    assert "1 of 5 image files cannot be read" in err and str(cut) in err and "truncated" in err, err
+    assert not (tmp_path / "r1").exists()
+    fault.record(
+        DATA,
+        "truncated JPEG (header readable, scan data cut) (bad_images=fail)",
+        "clear error (exit 2) before any work, naming the file and the skip flag",
+    )
+    with pytest.warns(BadImagesWarning, match="skipped 1 of 5 unreadable image files"):
+        assert main(_pretrain(root, tmp_path / "r2", "batch_size=4", "data.bad_images=skip")) == 0
+    fault.record(
+        DATA,
+        "truncated JPEG (bad_images=skip)",
+        "handled: left out before training, counted in a warning naming it; training ran",
+    )
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_an_image_that_fails_only_when_decoded_stops_with_its_path_or_is_replaced(
-    tmp_path: Path, capfd: pytest.CaptureFixture[str], fault: FaultLog, workers: int
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    fault: FaultLog,
+    workers: int,
 ) -> None:
-    """capfd: the warning of a worker process is written to the inherited file descriptor."""
+    """Damage the scan cannot see (simulated: the end-marker check is told the truncated JPEG is whole).
+    capfd: the warning of a worker process is written to the inherited file descriptor."""
+    monkeypatch.setattr(datasets, "_ends_with_jpeg_marker", lambda path: True)
     root = _folder(tmp_path / "data", per_class=2)
     cut = _truncated_jpeg(root / "train" / "a" / "a9.jpg")
     run = ["batch_size=5", f"data.num_workers={workers}"]  # one batch holds every image
@@ -172,7 +202,7 @@ def test_an_image_that_fails_only_when_decoded_stops_with_its_path_or_is_replace
     where = "in a DataLoader worker" if workers else "in the main process"
     fault.record(
         DATA,
-        f"truncated JPEG that fails only when decoded, {where} (bad_images=fail)",
+        f"image whose damage only decoding finds, {where} (bad_images=fail)",
         "clear error (exit 2) naming the file and the skip flag",
     )
 
@@ -185,7 +215,7 @@ def test_an_image_that_fails_only_when_decoded_stops_with_its_path_or_is_replace
     assert image.shape == (3, 16, 16) and label == int(data.labels[(index + 1) % len(data)])
     fault.record(
         DATA,
-        f"truncated JPEG that fails only when decoded, {where} (bad_images=skip)",
+        f"image whose damage only decoding finds, {where} (bad_images=skip)",
         "handled: replaced by the next readable image (deterministic); warning names it",
     )
 

@@ -4,13 +4,14 @@ from simclrv2.data.augment import (
     AugmentConfig,
     center_crop,
     crop_flip,
+    distort_views,
     simclr_augment,
     to_float_rgb,
     two_view_batch,
     two_views,
 )
 from simclrv2.data.datasets import DATASETS, ImageData, find_fashion_mnist, load_dataset
-from simclrv2.data.loader import BatchLoader
+from simclrv2.data.loader import BatchLoader, CropSpec
 from simclrv2.data.subsets import (
     LabelSpec,
     label_fraction_indices,
@@ -27,10 +28,12 @@ __all__ = [
     "DATASETS",
     "AugmentConfig",
     "BatchLoader",
+    "CropSpec",
     "ImageData",
     "LabelSpec",
     "center_crop",
     "crop_flip",
+    "distort_views",
     "find_fashion_mnist",
     "label_fraction_indices",
     "labeled_subset",

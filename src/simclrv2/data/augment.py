@@ -83,6 +83,7 @@ __all__ = [
     "blur_kernel_size",
     "center_crop",
     "crop_flip",
+    "distort_views",
     "gaussian_blur",
     "gaussian_kernel1d",
     "resized_crop",
@@ -90,6 +91,7 @@ __all__ = [
     "sample_blur_params",
     "sample_color_params",
     "sample_crop_boxes",
+    "sample_crop_boxes_per_image",
     "simclr_augment",
     "to_float_rgb",
     "two_view_batch",
@@ -253,6 +255,42 @@ def two_view_batch(
     return _simclr_views(images, cfg, generator, num_views=2, shard=shard)
 
 
+def distort_views(
+    views: Tensor,
+    cfg: AugmentConfig,
+    generator: torch.Generator,
+    num_views: int = 2,
+    shard: Shard = (0, 1),
+) -> Tensor:
+    """Colour distortion, grayscale and blur (SPEC.md §5) of views that are already cropped and flipped
+    (streamed photos: the loader's workers take the crops, :class:`simclrv2.data.loader.CropSpec`).
+    ``views``: this rank's ``num_views * N`` rows, view-major. Parameters are drawn for the global batch and
+    each rank keeps its rows, as in :func:`two_view_batch`. Returns float32 ``(rows, 3, H, W)`` in [0, 1]."""
+    _check_images(views)
+    rows_local, _, h, w = views.shape
+    n = rows_local // num_views
+    total = n * shard[1] * num_views
+    color = sample_color_params(total, cfg, generator)
+    blur = sample_blur_params(total, cfg, generator) if cfg.blur else None
+    rows = _shard_rows(n, shard, num_views, color.apply.device)
+    if rows is not None:
+        color = color.select(rows)
+        blur = None if blur is None else blur.select(rows)
+    out = torch.empty(rows_local, 3, h, w, device=views.device)
+    step = _block_size(views.device, 3 * h * w)
+    for start in range(0, rows_local, step):  # cache-sized blocks, as in _augment_blocks
+        stop = min(start + step, rows_local)
+        apply_distortions(
+            to_float_rgb(views[start:stop]),
+            color.narrow(start, stop),
+            None if blur is None else blur.narrow(start, stop),
+            cfg.brightness_mode,
+            blur_kernel_size(h),
+            out=out[start:stop],
+        )
+    return out
+
+
 def crop_flip(
     images: Tensor,
     crop_size: int,
@@ -335,36 +373,47 @@ def sample_crop_boxes(
     where the box fits. Returns ``(n, 4)`` int64 rows ``(top, left, box_height, box_width)`` on the
     generator's device.
     """
+    full = torch.ones(n, dtype=torch.float64, device=generator.device)
+    return sample_crop_boxes_per_image(full * height, full * width, generator, scale, ratio, attempts)
+
+
+def sample_crop_boxes_per_image(
+    heights: Tensor,
+    widths: Tensor,
+    generator: torch.Generator,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    attempts: int = CROP_ATTEMPTS,
+) -> Tensor:
+    """:func:`sample_crop_boxes` for images of different sizes (``heights``, ``widths``: ``(n,)``, e.g. the
+    photos of a streamed batch): the same rule and the same draws, so images of one size get exactly the
+    boxes :func:`sample_crop_boxes` gives them. Returns ``(n, 4)`` int64 ``(top, left, box_h, box_w)``."""
     dtype = torch.float64  # integer pixel sizes from float32 would round differently from torchvision
-    area = float(height * width) * (
-        scale[0] + (scale[1] - scale[0]) * _rand(generator, n, attempts, dtype=dtype)
-    )
+    n = heights.shape[0]
+    h = heights.to(device=generator.device, dtype=dtype).view(n, 1)
+    w = widths.to(device=generator.device, dtype=dtype).view(n, 1)
+    area = (h * w) * (scale[0] + (scale[1] - scale[0]) * _rand(generator, n, attempts, dtype=dtype))
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     aspect = torch.exp(log_lo + (log_hi - log_lo) * _rand(generator, n, attempts, dtype=dtype))
     box_w = torch.sqrt(area * aspect).round().long()
     box_h = torch.sqrt(area / aspect).round().long()
-    valid = (box_w >= 1) & (box_w <= width) & (box_h >= 1) & (box_h <= height)
-    first = valid.to(torch.uint8).argmax(dim=1, keepdim=True)  # argmax returns the first maximum
+    hl, wl = h.long(), w.long()
+    valid = (box_w >= 1) & (box_w <= wl) & (box_h >= 1) & (box_h <= hl)
+    first = valid.to(torch.uint8).argmax(dim=1, keepdim=True)
     found = valid.any(dim=1)
-    fb_h, fb_w = _fallback_box(height, width, ratio)
+    # torchvision's fallback, per image: the aspect clamped into `ratio`, centred
+    hl, wl = hl.squeeze(1), wl.squeeze(1)
+    in_ratio = w.squeeze(1) / h.squeeze(1)
+    fb_h = torch.where(in_ratio < ratio[0], (w.squeeze(1) / ratio[0]).round().long(), hl)
+    fb_w = torch.where(in_ratio > ratio[1], (h.squeeze(1) * ratio[1]).round().long(), wl)
     box_h = torch.where(found, box_h.gather(1, first).squeeze(1), fb_h)
     box_w = torch.where(found, box_w.gather(1, first).squeeze(1), fb_w)
     offsets = _rand(generator, n, 2, dtype=dtype)
-    top = torch.minimum((offsets[:, 0] * (height - box_h + 1)).long(), height - box_h)
-    left = torch.minimum((offsets[:, 1] * (width - box_w + 1)).long(), width - box_w)
-    # torchvision centres the fallback box
-    top = torch.where(found, top, (height - box_h) // 2)
-    left = torch.where(found, left, (width - box_w) // 2)
+    top = torch.minimum((offsets[:, 0] * (hl - box_h + 1)).long(), hl - box_h)
+    left = torch.minimum((offsets[:, 1] * (wl - box_w + 1)).long(), wl - box_w)
+    top = torch.where(found, top, (hl - box_h) // 2)
+    left = torch.where(found, left, (wl - box_w) // 2)
     return torch.stack([top, left, box_h, box_w], dim=1)
-
-
-def _fallback_box(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int]:
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        return round(width / ratio[0]), width
-    if in_ratio > ratio[1]:
-        return height, round(height * ratio[1])
-    return height, width
 
 
 def sample_color_params(n: int, cfg: AugmentConfig, generator: torch.Generator) -> ColorParams:

@@ -17,13 +17,18 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-DATASETS: tuple[str, ...] = ("fashion-mnist", "cifar10", "cifar100", "stl10", "imagefolder", "synthetic")
+from simclrv2.data.photos import ImageStore, decode_rgb, oriented_size, render_crop
+
+DATASETS: tuple[str, ...] = (
+    "fashion-mnist", "cifar10", "cifar100", "stl10", "imagefolder", "folder", "synthetic",
+)  # fmt: skip
 
 SPLITS: dict[str, tuple[str, ...]] = {
     "fashion-mnist": ("train", "test"),
@@ -31,6 +36,9 @@ SPLITS: dict[str, tuple[str, ...]] = {
     "cifar100": ("train", "test"),
     "stl10": ("train", "test", "unlabeled", "train+unlabeled"),
     "imagefolder": ("train", "test", "val"),
+    # A user's own folder (simclrv2.data.user_folder): train = labeled (minus validation) + unlabeled pool
+    # (label -1), test = test/ or the held-out validation part of the labeled images.
+    "folder": ("train", "test", "labeled", "unlabeled"),
     "synthetic": ("train", "test"),
 }
 
@@ -85,6 +93,8 @@ class ImageData:
         classes: class names; ``labels`` index into this list.
         dataset: for streaming data, ``dataset[i] -> (uint8 CHW tensor of fixed size, int label)``.
         name: the dataset name and split, for logs.
+        eval_name: what a model evaluated on this split reports it as: "test", or "validation" for the
+            held-out labeled images of a folder without a test set.
     """
 
     images: Tensor | None
@@ -92,6 +102,7 @@ class ImageData:
     classes: list[str]
     dataset: Dataset | None = None
     name: str = ""
+    eval_name: str = "test"
 
     def __post_init__(self) -> None:
         if (self.images is None) == (self.dataset is None):
@@ -137,6 +148,8 @@ def load_dataset(
     synthetic_size: int | None = None,
     seed: int = 0,
     bad_images: str = "fail",
+    cache_gb: float | None = None,
+    validation_fraction: float | None = None,
 ) -> ImageData:
     """Load one split of a dataset as an :class:`ImageData`.
 
@@ -151,8 +164,9 @@ def load_dataset(
             Fixed-size datasets keep their native resolution; augmentation resizes crops anyway.
         synthetic_size: number of synthetic images (default 512 train / 256 test).
         seed: seed of the synthetic data.
-        bad_images: imagefolder: ``fail`` on unreadable image files (listing them) or ``skip`` them with a
-            warning (see :func:`load_imagefolder`).
+        bad_images: imagefolder and folder: ``fail`` on unreadable image files (listing them) or ``skip``
+            them with a warning (see :func:`load_imagefolder`).
+        cache_gb, validation_fraction: folder only (see :func:`simclrv2.data.user_folder.load_user_folder`).
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
@@ -166,7 +180,20 @@ def load_dataset(
         return load_stl10(split, root, download)
     if name == "imagefolder":
         return load_imagefolder(split, root, image_size, bad_images)
+    if name == "folder":
+        from simclrv2.data.user_folder import load_user_folder
+
+        return load_user_folder(split, root, image_size, bad_images, cache_gb, validation_fraction)
     return make_synthetic(split, synthetic_size, image_size, seed)
+
+
+def folder_options(data_cfg: Any) -> dict[str, Any]:
+    """The ``load_dataset`` keywords that only a user's folder reads, from a stage's ``data`` config (the
+    dataclass, or its dict in a saved config; keys missing from older configs are None)."""
+    keys = ("cache_gb", "validation_fraction")
+    if isinstance(data_cfg, dict):
+        return {k: data_cfg.get(k) for k in keys}
+    return {k: getattr(data_cfg, k, None) for k in keys}
 
 
 # --------------------------------------------------------------------------------------------- Fashion-MNIST
@@ -328,58 +355,82 @@ def load_stl10(split: str, root: str | Path | None = None, download: bool = Fals
 # -------------------------------------------------------------------------------------------- image folders
 
 
-def decode_rgb(path: str | Path, min_size: int | None = None) -> Tensor:
-    """Decode an image file to uint8 (3, H, W) RGB, whatever its mode (gray, palette, RGBA, 16-bit).
-
-    PIL rather than torchvision.io: torchvision's decoders are deprecated since 0.29 (in favour of
-    TorchCodec, not a dependency here), and PIL reads BMP too. With `min_size`, JPEGs are decoded at a
-    reduced DCT scale that keeps both sides >= min_size (``Image.draft``): several times faster on large
-    photos that are about to be downscaled anyway.
-    """
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as opened:
-        if min_size is not None:
-            opened.draft("RGB", (min_size, min_size))
-        img = ImageOps.exif_transpose(opened)  # camera photos: apply the stored orientation
-        if img.mode.startswith("I;16"):  # 16-bit gray: PIL's RGB conversion would clip at 255
-            img = Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8))
-        elif img.mode == "I":  # 32-bit int gray, in practice 16-bit data
-            arr = np.asarray(img, dtype=np.int64)
-            img = Image.fromarray((arr >> 8 if arr.max() > 255 else arr).clip(0, 255).astype(np.uint8))
-        rgb = np.asarray(img.convert("RGB"))
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
-
-
 class ImageFolderDataset(Dataset):
-    """Image files decoded on access to RGB uint8 (3, size, size): shorter side resized, centre-cropped.
+    """Image files read on access, in two ways (SPEC 5):
 
-    Decoding happens in DataLoader workers. Paths and labels are two numpy arrays rather than a list of
-    tuples: millions of small Python objects would be copied page by page into every forked worker as
-    reference counts touch them (the "copy-on-read" memory growth of PyTorch issue #13246).
+    * ``dataset[i]`` -> (uint8 (3, size, size), label): shorter side resized to ``image_size``, centred
+      square. What evaluation, feature extraction and prediction take (then the eval centre crop).
+    * ``dataset[(i, label, top, left, height, width, flip, size)]`` -> (uint8 (3, size, size), label): a
+      random-resized crop of the **whole** oriented image (box as fractions of it, drawn by the loader;
+      :class:`simclrv2.data.loader.BatchLoader` with ``crops``), JPEGs decoded at a reduced scale when the
+      box allows (:func:`simclrv2.data.photos.render_crop`). Needs ``sizes``.
+
+    Decoding happens in DataLoader workers; with a ``store`` (decoded once, :class:`ImageStore`) nothing is
+    decoded at all. Paths and labels are numpy arrays rather than a list of tuples: millions of small Python
+    objects would be copied page by page into every forked worker as reference counts touch them (the
+    "copy-on-read" memory growth of PyTorch issue #13246).
     """
 
-    def __init__(self, samples: list[tuple[str, int]], image_size: int, bad_images: str = "fail") -> None:
+    def __init__(
+        self,
+        samples: list[tuple[str, int]],
+        image_size: int,
+        bad_images: str = "fail",
+        sizes: np.ndarray | None = None,
+        store: ImageStore | None = None,
+    ) -> None:
         self.paths = np.array([path for path, _ in samples], dtype=np.str_)
         self.labels = np.array([label for _, label in samples], dtype=np.int64)
         self.image_size = image_size
         self.image_shape = (3, image_size, image_size)
         self.bad_images = bad_images
+        self.sizes = None if sizes is None else np.asarray(sizes, dtype=np.int64).reshape(-1, 2)  # (H, W)
+        self.store = store
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+    @property
+    def supports_crops(self) -> bool:
+        """True when the loader can draw whole-image crop boxes for it (the image sizes are known)."""
+        return self.sizes is not None
+
+    def __getitem__(self, key: int | tuple) -> tuple[Tensor, int]:
+        if isinstance(key, tuple):
+            index, label, top, left, bh, bw, flip, size = key
+            box = (top, left, bh, bw)
+            image = self._read(int(index), lambda src: render_crop(src, box, bool(flip), int(size)))
+            return image, int(label)
+        return self._eval_image(int(key))
+
+    def _eval_image(self, index: int) -> tuple[Tensor, int]:
         from torchvision.transforms.v2 import functional as F
 
-        # The header scan before training catches most bad files; one that only fails to decode (a truncated
-        # JPEG) stops the run with its path (``fail``) or is replaced by the next readable image (``skip``:
-        # deterministic, so resume stays exact).
+        size = self.image_size
+
+        def square(src: str | np.ndarray) -> Tensor:
+            if isinstance(src, np.ndarray):
+                image = torch.from_numpy(src).permute(2, 0, 1).expand(3, -1, -1)
+            else:
+                image = decode_rgb(src, min_size=size)
+            image = F.resize(image, [size], antialias=True)  # one int: the shorter side becomes `size`
+            return F.center_crop(image, [size, size]).contiguous()
+
+        return self._read(index, square, with_label=True)
+
+    def _read(self, index: int, render: Any, with_label: bool = False) -> Any:
+        """``render(file path or stored array)`` of image ``index``. The header scan before training catches
+        most bad files; one that only fails to decode (a truncated JPEG) stops the run with its path
+        (``fail``) or is replaced by the next readable image (``skip``: deterministic, so resume stays
+        exact)."""
+        if self.store is not None:
+            out = render(self.store[index])
+            return (out, int(self.labels[index])) if with_label else out
         for attempt in range(min(len(self), 100)):
             i = (index + attempt) % len(self)
             path = str(self.paths[i])
             try:
-                image = decode_rgb(path, min_size=self.image_size)
+                out = render(path)
                 break
             except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for unreadable files
                 reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
@@ -391,11 +442,7 @@ class ImageFolderDataset(Dataset):
                 print(f"simclrv2: warning: skipping unreadable image {path} ({reason})", file=sys.stderr)
         else:
             raise BadImagesError(f"no readable image among the 100 files from {self.paths[index]} on")
-        index = i
-        size = self.image_size
-        image = F.resize(image, [size], antialias=True)  # one int: the shorter side becomes `size`
-        image = F.center_crop(image, [size, size])
-        return image.contiguous(), int(self.labels[index])
+        return (out, int(self.labels[i])) if with_label else out
 
 
 def _split_dirs(root: Path, split: str) -> list[Path]:
@@ -417,27 +464,53 @@ def _list_files(directory: Path) -> tuple[list[str], list[str]]:
     return sorted(images), sorted(others)
 
 
-def probe_image(path: str) -> tuple[str, tuple[int, int]] | str:
-    """(mode, (width, height)) from the file's header, or the reason it is not a readable image.
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a file's header says: PIL mode and the size as displayed (EXIF orientation applied)."""
 
-    Reads the header only (PIL opens lazily), so scanning a large folder costs about one small read per file;
-    PNGs are also checked chunk by chunk (``verify``), which catches truncated ones."""
+    mode: str
+    height: int
+    width: int
+
+
+def probe_image(path: str) -> ImageHeader | str:
+    """The file's :class:`ImageHeader`, or the reason it is not a readable image.
+
+    Reads the header only (PIL opens lazily), so scanning a large folder costs about one small read per file.
+    PNGs are also checked chunk by chunk (``verify``), and a JPEG without its end marker (a truncated file)
+    is decoded to find out; images over PIL's decompression-bomb limit are refused."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            mode, size = img.mode, img.size
-            if img.format == "PNG":
-                img.verify()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # < 2x the limit: allowed
+            with Image.open(path) as img:
+                mode, fmt = img.mode, img.format
+                width, height = oriented_size(img)
+            if fmt == "PNG":
+                with Image.open(path) as img:
+                    img.verify()  # must come right after open (PIL)
+            if fmt == "JPEG" and not _ends_with_jpeg_marker(path):
+                decode_rgb(path, min_size=1)  # raises for a truncated scan, passes for trailing bytes
+    except Image.DecompressionBombError as err:
+        return f"decompression bomb: {str(err).splitlines()[0]} (Fix: downscale it)"
     except (OSError, ValueError, SyntaxError, UnidentifiedImageError) as err:
         return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'unreadable'}"
-    if size[0] < 1 or size[1] < 1:
-        return f"empty image {size[0]}x{size[1]}"
-    return mode, size
+    if width < 1 or height < 1:
+        return f"empty image {width}x{height}"
+    return ImageHeader(mode, height, width)
 
 
-def scan_images(files: list[str], policy: str, load_size: int) -> list[str]:
-    """The readable files of ``files`` (header scan, threads for large folders), before any training.
+def _ends_with_jpeg_marker(path: str) -> bool:
+    """True when the JPEG's end-of-image marker (FF D9) is in its last 4 KiB (some cameras append bytes)."""
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 4096))
+        return b"\xff\xd9" in f.read()
+
+
+def scan_image_headers(files: list[str], policy: str, load_size: int) -> tuple[list[str], list[ImageHeader]]:
+    """The readable files of ``files`` and their headers (threads for large folders), before any training.
 
     Unreadable ones raise :class:`BadImagesError` listing them (``policy="fail"``) or are dropped with a
     :class:`BadImagesWarning` that counts them (``"skip"``). Images smaller than ``load_size`` are kept
@@ -450,23 +523,10 @@ def scan_images(files: list[str], policy: str, load_size: int) -> list[str]:
     else:
         probes = [probe_image(f) for f in files]
     bad = [(f, p) for f, p in zip(files, probes, strict=True) if isinstance(p, str)]
-    small = [
-        f for f, p in zip(files, probes, strict=True) if not isinstance(p, str) and min(p[1]) < load_size
-    ]
+    good = [(f, p) for f, p in zip(files, probes, strict=True) if isinstance(p, ImageHeader)]
+    small = [f for f, p in good if min(p.height, p.width) < load_size]
     if bad:
-        listed = "; ".join(f"{f} ({why})" for f, why in bad[:5])
-        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        if policy == "fail":
-            raise BadImagesError(
-                f"{len(bad)} of {len(files)} image files cannot be read: {listed}{more}. Fix: remove or "
-                "repair them, or leave them out with --set data.bad_images=skip"
-            )
-        warnings.warn(
-            f"skipped {len(bad)} of {len(files)} unreadable image files (data.bad_images=skip): "
-            f"{listed}{more}",
-            BadImagesWarning,
-            stacklevel=3,
-        )
+        report_bad_files(bad, len(files), policy, "image files cannot be read", "unreadable image files")
     if small:
         warnings.warn(
             f"{len(small)} of {len(files)} images are smaller than the load size {load_size} px and are "
@@ -474,8 +534,36 @@ def scan_images(files: list[str], policy: str, load_size: int) -> list[str]:
             BadImagesWarning,
             stacklevel=3,
         )
-    bad_set = {f for f, _ in bad}
-    return [f for f in files if f not in bad_set]
+    return [f for f, _ in good], [p for _, p in good]
+
+
+def report_bad_files(
+    bad: list[tuple[str, str]], total: int, policy: str, problem: str, skipped: str, fix: str = ""
+) -> None:
+    """Stop (``fail``: :class:`BadImagesError` listing the first five and the fix) or warn, counting them
+    (``skip``), about ``bad`` = [(file, reason)] of ``total`` files."""
+    listed = "; ".join(f"{f} ({why})" for f, why in bad[:5])
+    more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+    if policy == "fail":
+        raise BadImagesError(
+            f"{len(bad)} of {total} {problem}: {listed}{more}. Fix: {fix or 'remove or repair them'}, or "
+            "leave them out with --set data.bad_images=skip"
+        )
+    warnings.warn(
+        f"skipped {len(bad)} of {total} {skipped} (data.bad_images=skip): {listed}{more}",
+        BadImagesWarning,
+        stacklevel=4,
+    )
+
+
+def header_sizes(headers: list[ImageHeader]) -> np.ndarray:
+    """(N, 2) int64 (height, width) of every image as displayed."""
+    return np.array([(h.height, h.width) for h in headers], dtype=np.int64).reshape(-1, 2)
+
+
+def scan_images(files: list[str], policy: str, load_size: int) -> list[str]:
+    """The readable files of ``files`` (see :func:`scan_image_headers`)."""
+    return scan_image_headers(files, policy, load_size)[0]
 
 
 def load_imagefolder(
@@ -486,7 +574,8 @@ def load_imagefolder(
     Class names are the sorted union of the class folders of both splits, so that a label means the same
     class in train and test even if one split lacks a class. Every file's header is read before training
     (:func:`scan_images`): unreadable files stop the run or, with ``bad_images="skip"``, are left out; files
-    that are not images by their extension are ignored with a warning.
+    that are not images by their extension are ignored with a warning. Training crops are taken from the whole
+    image (the header's size is kept for the loader to draw boxes; :class:`ImageFolderDataset`).
     """
     if root is None:
         raise ValueError("imagefolder needs a root: the directory holding train/ and test/ (or val/)")
@@ -533,8 +622,9 @@ def load_imagefolder(
             BadImagesWarning,
             stacklevel=2,
         )
-    readable = set(scan_images([f for f, _ in samples], bad_images, size))
-    samples = [(f, label) for f, label in samples if f in readable]
+    files, headers = scan_image_headers([f for f, _ in samples], bad_images, size)
+    label_of = dict(samples)
+    samples = [(f, label_of[f]) for f in files]
     left = {classes[label] for _, label in samples}
     lost = [c for c in present if c not in left]
     if lost:
@@ -546,7 +636,7 @@ def load_imagefolder(
         images=None,
         labels=torch.tensor([label for _, label in samples], dtype=torch.int64),
         classes=classes,
-        dataset=ImageFolderDataset(samples, size, bad_images),
+        dataset=ImageFolderDataset(samples, size, bad_images, sizes=header_sizes(headers)),
         name=f"imagefolder/{split}",
     )
 

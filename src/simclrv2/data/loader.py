@@ -8,18 +8,71 @@ and exact resume mid-epoch (skip the first `start_batch` batches without reading
 In-memory data follows airbench (STYLE.md, lesson 12): the whole uint8 tensor lives on the device and
 batches are gathered with `index_select` there, with no DataLoader and no workers. Streaming data goes
 through a DataLoader whose batch sampler produces exactly the same per-rank index lists.
+
+Streamed photos (image folders) can also be cropped by the loader (``crops``: SPEC 5's random-resized crop
+of the whole image, in the workers): the batch sampler draws every box of a global batch from a CPU
+generator seeded by (seed, epoch, batch), keeps this rank's rows, and the workers decode and render them
+(:mod:`simclrv2.data.photos`). The crops are then a function of the seed and the batch only, whatever the
+number of workers or ranks, so resume stays exact; colour distortion stays batched on the device.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from simclrv2.data.augment import sample_crop_boxes_per_image
 from simclrv2.data.datasets import ImageData
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """Random-resized crops for the loader to take (SPEC 5): ``views`` crops of every image, each resized to
+    ``size`` x ``size``, area fraction in ``scale``, aspect ratio in ``ratio``, flipped with ``flip_p``.
+    Batches then hold view 0 of every image of the shard, then view 1, and so on."""
+
+    size: int
+    views: int = 1
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+
+
+STREAM_EPOCH = -1
+"""The ``epoch`` of :func:`crop_generator` for the repeated stream (``BatchLoader(stream=True)``): its
+batches are numbered by step across epochs."""
+
+
+def crop_generator(seed: int, epoch: int, batch: int) -> torch.Generator:
+    """The CPU generator of the crop boxes of global batch ``batch`` of ``epoch``."""
+    return torch.Generator().manual_seed(((seed * 1_000_003 + epoch) * 1_000_033 + batch) * 7 + 3)
+
+
+def _base_dataset(dataset: Dataset) -> tuple[Dataset, np.ndarray | None]:
+    """The dataset under any ``Subset`` wrappers and the map from subset positions to its indices."""
+    index = None
+    while isinstance(dataset, Subset):
+        sub = np.asarray(dataset.indices, dtype=np.int64)
+        index = sub if index is None else sub[index]
+        dataset = dataset.dataset
+    return dataset, index
+
+
+def crop_source(data: ImageData) -> tuple[Dataset, np.ndarray] | None:
+    """(the dataset that renders crops, subset position -> its index) when ``data`` streams from one that
+    can (:class:`~simclrv2.data.datasets.ImageFolderDataset` with the image sizes), else None."""
+    if data.dataset is None:
+        return None
+    base, index = _base_dataset(data.dataset)
+    if not getattr(base, "supports_crops", False):
+        return None
+    return base, np.arange(len(base), dtype=np.int64) if index is None else index  # type: ignore[arg-type]
 
 
 def epoch_order(n: int, epoch: int, seed: int, shuffle: bool = True) -> Tensor:
@@ -121,6 +174,76 @@ class _StreamBatchSampler(Sampler[list[int]]):
             yield idx.tolist()
 
 
+class _CropKeys:
+    """Crop keys ``(index, label, top, left, height, width, flip, size)`` (box as fractions of the whole
+    image) of this rank's rows of one global batch, view-major: the boxes of all views of the whole global
+    batch are drawn first (one generator per batch), then each rank keeps its rows, as the on-device
+    augmentation does."""
+
+    def __init__(
+        self,
+        batch_size: int,
+        rank: int,
+        world_size: int,
+        spec: CropSpec,
+        index: np.ndarray,
+        sizes: np.ndarray,
+        labels: np.ndarray,
+    ) -> None:
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.spec, self.index, self.sizes, self.labels = spec, index, sizes, labels
+
+    def __call__(self, batch: Tensor, gen: torch.Generator) -> list[tuple]:
+        spec = self.spec
+        positions = batch.numpy()
+        base = self.index[positions]
+        hw = torch.from_numpy(self.sizes[base]).to(torch.float64)
+        local = self.batch_size // self.world_size
+        rows = range(self.rank * local, min((self.rank + 1) * local, len(positions)))
+        keys: list[tuple] = []
+        for _ in range(spec.views):
+            boxes = sample_crop_boxes_per_image(hw[:, 0], hw[:, 1], gen, spec.scale, spec.ratio)
+            flips = torch.rand(len(positions), generator=gen) < spec.flip_p
+            frac = boxes.to(torch.float64) / torch.cat([hw, hw], dim=1)  # top/H, left/W, h/H, w/W
+            frac_rows, flip_rows = frac.tolist(), flips.tolist()
+            for j in rows:
+                top, left, bh, bw = frac_rows[j]
+                keys.append(
+                    (int(base[j]), int(self.labels[positions[j]]), top, left, bh, bw, flip_rows[j], spec.size)
+                )
+        return keys
+
+
+class _CropBatchSampler(_ShardBatchSampler):
+    """Crop keys (:class:`_CropKeys`) of this rank's rows of each global batch of one epoch."""
+
+    def __init__(
+        self, n: int, num_batches: int, batch_size: int, shuffle: bool, seed: int, keys: _CropKeys
+    ) -> None:
+        super().__init__(n, num_batches, batch_size, shuffle, seed, keys.rank, keys.world_size)
+        self.keys = keys
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = epoch_order(self.n, self.epoch, self.seed, self.shuffle)
+        for i in range(self.start_batch, self.num_batches):
+            batch = order[i * self.batch_size : (i + 1) * self.batch_size]
+            yield self.keys(batch, crop_generator(self.seed, self.epoch, i))  # type: ignore[misc]
+
+
+class _StreamCropBatchSampler(_StreamBatchSampler):
+    """Crop keys (:class:`_CropKeys`) of this rank's rows of global batches of the repeated stream."""
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, keys: _CropKeys) -> None:
+        super().__init__(n, batch_size, shuffle, seed, keys.rank, keys.world_size)
+        self.keys = keys
+
+    def __iter__(self) -> Iterator[list[int]]:
+        orders: dict[int, Tensor] = {}
+        for step in range(self.start_step, self.start_step + self.num_steps):
+            batch = stream_indices(self.n, step, self.batch_size, self.seed, self.shuffle, orders=orders)
+            yield self.keys(batch, crop_generator(self.seed, STREAM_EPOCH, step))  # type: ignore[misc]
+
+
 class BatchLoader:
     """Yields global-batch shards for one rank, for in-memory or streaming data, in a deterministic order.
 
@@ -136,6 +259,10 @@ class BatchLoader:
         num_workers: decoding processes for streaming data (ignored for in-memory data).
         stream: iterate by step over the repeated epochs (:meth:`steps`, the official fine-tuning loop)
             instead of by epoch (:meth:`epoch`); ``drop_last`` does not apply.
+        crops: streaming photos only: take these random-resized crops of the whole image in the loader
+            (see the module docstring). Batches are then already cropped, ``views * B / world_size`` rows
+            of ``(3, size, size)``, and :attr:`crops_in_loader` is True; in-memory data ignores it (the
+            device crops whole batches).
     """
 
     def __init__(
@@ -150,6 +277,7 @@ class BatchLoader:
         world_size: int = 1,
         num_workers: int = 2,
         stream: bool = False,
+        crops: CropSpec | None = None,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -182,20 +310,33 @@ class BatchLoader:
         self._images: Tensor | None = None
         self._labels: Tensor | None = None
         self._loader: DataLoader | None = None
+        source = crop_source(data) if crops is not None else None
+        self.crops_in_loader = source is not None
+        """True when batches arrive cropped (``crops`` given and the data streams from image files)."""
         if data.images is not None:
             # Once, here: every later batch is an index_select on the device, no host-to-device copies.
             self._images = data.images.to(self.device)
             self._labels = data.labels.to(self.device)
         else:
+            dataset = data.dataset
             self._sampler: _ShardBatchSampler | _StreamBatchSampler
-            if stream:
+            if source is not None:
+                assert crops is not None
+                dataset, index = source
+                sizes = dataset.sizes  # type: ignore[attr-defined]
+                keys = _CropKeys(batch_size, rank, world_size, crops, index, sizes, data.labels.numpy())
+                if stream:
+                    self._sampler = _StreamCropBatchSampler(len(data), batch_size, shuffle, seed, keys)
+                else:
+                    self._sampler = _CropBatchSampler(len(data), len(self), batch_size, shuffle, seed, keys)
+            elif stream:
                 self._sampler = _StreamBatchSampler(len(data), batch_size, shuffle, seed, rank, world_size)
             else:
                 self._sampler = _ShardBatchSampler(
                     len(data), len(self), batch_size, shuffle, seed, rank, world_size
                 )
             self._loader = DataLoader(
-                data.dataset,  # type: ignore[arg-type]  # ImageData guarantees it is set when images is None
+                dataset,  # type: ignore[arg-type]  # ImageData guarantees it is set when images is None
                 batch_sampler=self._sampler,
                 num_workers=num_workers,
                 pin_memory=self.device.type == "cuda",

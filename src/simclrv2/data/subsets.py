@@ -1,4 +1,5 @@
-"""Label subsets for semi-supervised stages: "1%", "10%", "100%" or "N/class" of the training labels.
+"""Label subsets for semi-supervised stages: "1%", "10%", "100%" or "N/class" of the training labels, or
+"all": every labeled image of a split whose other images are unlabeled (label -1, a user's folder).
 
 Subsets are class-balanced and a pure function of (labels, spec, seed). The chosen indices are written to the
 run directory as plain text (one index per line) and reused when the file exists, so every stage of a
@@ -38,6 +39,7 @@ __all__ = [
 
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*%\s*$")
 _PER_CLASS = re.compile(r"^\s*(\d+)\s*/\s*class\s*$")
+_ALL = re.compile(r"^\s*all\s*$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class LabelSpec:
 
     fraction: float | None = None
     count_per_class: int | None = None
+    every_labeled: bool = False
+    """``all``: every labeled image (fraction 1 of each class), whatever share of the split they are."""
 
     def __post_init__(self) -> None:
         if (self.fraction is None) == (self.count_per_class is None):
@@ -56,14 +60,18 @@ class LabelSpec:
         return self.fraction == 1.0
 
     def __str__(self) -> str:
+        if self.every_labeled:
+            return "all"
         if self.fraction is not None:
             return f"{self.fraction * 100:g}%"
         return f"{self.count_per_class}/class"
 
 
 def parse_label_spec(spec: str) -> LabelSpec:
-    """``"1%"``, ``"10%"``, ``"100%"``, ``"0.5%"`` or ``"10/class"`` -> :class:`LabelSpec`."""
+    """``"1%"``, ``"10%"``, ``"100%"``, ``"0.5%"``, ``"10/class"`` or ``"all"`` -> :class:`LabelSpec`."""
     text = str(spec)
+    if _ALL.match(text):
+        return LabelSpec(fraction=1.0, every_labeled=True)
     match = _PERCENT.match(text)
     if match:
         percent = float(match.group(1))
@@ -76,7 +84,9 @@ def parse_label_spec(spec: str) -> LabelSpec:
         if count < 1:
             raise ValueError(f"labels per class {text!r} must be >= 1, e.g. 10/class")
         return LabelSpec(count_per_class=count)
-    raise ValueError(f"cannot read label spec {text!r}: expected a percentage like 1%, 10%, 100% or N/class")
+    raise ValueError(
+        f"cannot read label spec {text!r}: expected a percentage like 1%, 10%, 100%, N/class or all"
+    )
 
 
 def _class_members(labels: Tensor) -> dict[int, Tensor]:
@@ -239,7 +249,7 @@ def resolve_label_indices(
     index_file = Path(index_file)
     if index_file.exists():
         return load_indices(index_file, len(data)), f"loaded from {index_file}"
-    if _PERCENT.match(labels) or _PER_CLASS.match(labels):
+    if _PERCENT.match(labels) or _PER_CLASS.match(labels) or _ALL.match(labels):
         idx = label_fraction_indices(data.labels, labels, seed)
         how = f"drew {labels} of the labels, class-balanced (seed {seed})"
     elif Path(labels).is_file():
@@ -273,7 +283,7 @@ def default_epochs(labels: str, num_labeled: int, num_total: int) -> int:
     """The paper's fine-tuning budget (SPEC 4): 60 epochs below 10% labels, 30 from 10% up.
 
     A percentage spec is taken at its word (per-class rounding may make "10%" a hair under 10%);
-    otherwise the actual fraction of labeled images decides.
+    otherwise (``N/class``, ``all``, a subset file) the actual fraction of labeled images decides.
     """
     match = _PERCENT.match(labels)
     fraction = float(match.group(1)) / 100.0 if match else fraction_of(num_labeled, num_total)

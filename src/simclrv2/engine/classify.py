@@ -38,7 +38,7 @@ from simclrv2.checkpoint import (
     unwrap,
 )
 from simclrv2.config import ConfigError, save_config
-from simclrv2.data import BatchLoader, ImageData, crop_flip
+from simclrv2.data import BatchLoader, CropSpec, ImageData, crop_flip, to_float_rgb
 from simclrv2.engine.evaluate import extract_features, topk_accuracy
 from simclrv2.engine.runtime import (
     GracefulInterrupt,
@@ -393,6 +393,7 @@ class ClassifierTrainer:
             rank=self.rank,
             world_size=self.world_size,
             stream=True,
+            crops=CropSpec(settings.crop_size, views=1, scale=settings.crop_scale),  # streamed photos
         )
         self.num_train = len(train)
         self.steps_per_epoch = self.num_train / settings.batch_size  # batches run across epoch ends
@@ -421,9 +422,12 @@ class ClassifierTrainer:
         return F.cross_entropy(logits.float(), labels)
 
     def augment(self, images: Tensor, step: int) -> Tensor:
-        gen = step_generator(self.s.device, self.s.seed, step)
-        shard = (self.rank, self.world_size)
-        x = crop_flip(images, self.s.crop_size, gen, crop_scale=self.s.crop_scale, shard=shard)
+        if self.loader.crops_in_loader:  # streamed photos: cropped and flipped by the loader's workers
+            x = to_float_rgb(images)
+        else:
+            gen = step_generator(self.s.device, self.s.seed, step)
+            shard = (self.rank, self.world_size)
+            x = crop_flip(images, self.s.crop_size, gen, crop_scale=self.s.crop_scale, shard=shard)
         if self.s.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -449,7 +453,7 @@ class ClassifierTrainer:
             # for simclrv2.load_classifier: class names, model input side, side of the dataset's images
             "classes": list(self.train.classes),
             "image_size": self.s.crop_size,
-            "load_size": self.train.image_shape[-1],
+            "load_size": min(self.train.image_shape[-2:]),  # the shorter side (non-square in-memory data)
             "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "step": step,
@@ -609,6 +613,7 @@ class ClassifierTrainer:
             **(extra_results or {}),
             **stats,
             "test": {k: v for k, v in metrics.items() if k != "per_class"},
+            "evaluated_on": self.test.eval_name if self.test is not None else None,
             "precision": self.s.precision,
             "device": str(self.s.device),
             "batch_size": self.s.batch_size,
@@ -618,7 +623,10 @@ class ClassifierTrainer:
         }
         if metrics:
             top = f"top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}%"
-            echo(f"{self.s.stage}: {self.s.eval_name} {top}")
+            name = (
+                self.s.eval_name if self.s.eval_name != "test" or self.test is None else self.test.eval_name
+            )
+            echo(f"{self.s.stage}: {name} {top}")
         write_json(self.run_dir / "results.json", results)
         distributed.barrier()  # the checkpoint and results exist for every rank's next stage
         return results

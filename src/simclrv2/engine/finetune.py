@@ -18,6 +18,7 @@ from simclrv2 import distributed
 from simclrv2.checkpoint import CheckpointError, load_checkpoint, load_state_checked
 from simclrv2.config import FinetuneConfig
 from simclrv2.data import ImageData, load_dataset
+from simclrv2.data.datasets import folder_options
 from simclrv2.data.subsets import default_epochs, resolve_label_indices, split_validation, subset_data
 from simclrv2.engine.classify import check_run_dir, train_and_evaluate
 from simclrv2.engine.memory import pretrained_state
@@ -59,6 +60,7 @@ def load_split_pair(data_cfg: Any, seed: int) -> tuple[ImageData, ImageData | No
         seed=seed,
         image_size=data_cfg.load_size,
         bad_images=data_cfg.bad_images,
+        **folder_options(data_cfg),
     )
     train = load_dataset(
         data_cfg.name, data_cfg.train_split, synthetic_size=data_cfg.synthetic_size, **kwargs

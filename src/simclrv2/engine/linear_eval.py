@@ -134,6 +134,7 @@ def _features(config: LinearEvalConfig) -> dict[str, Any]:
         "train": (train_f, train_l),
         "test": (test_f, test_l),
         "classes": test.classes or train_full.classes,
+        "eval_name": test.eval_name,  # "validation" for a user folder's held-out labeled images
         "num_classes": len(train_full.classes),
         "labels_how": how,
         "num_labeled": len(train),
@@ -236,12 +237,14 @@ def linear_eval(config: LinearEvalConfig, show_progress: bool = True) -> dict[st
         "validation_size": len(idx_val),
         "train_top1": topk_accuracy(xs_all @ w.T + b, train_l)["top1"],
         "test": metrics,
+        "evaluated_on": f["eval_name"],
         "feature_seconds": f["feature_seconds"],
         "fit_seconds": time.time() - t0,
         "precision": f["precision"],
         "device": f["device"],
     }
-    echo(f"linear-eval: test top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}% (l2 {best_l2:g})")
+    top = f"top-1 {metrics['top1']:.2f}% top-5 {metrics['top5']:.2f}%"
+    echo(f"linear-eval: {f['eval_name']} {top} (l2 {best_l2:g})")
     write_json(f["run_dir"] / "linear_eval.json", results)
     distributed.barrier()
     return results
@@ -263,11 +266,12 @@ def knn_eval(config: LinearEvalConfig) -> dict[str, Any]:
         "k": config.knn_k,
         "temperature": config.knn_temperature,
         "test": topk_accuracy(scores, test_l),
+        "evaluated_on": f["eval_name"],
         "feature_seconds": f["feature_seconds"],
         "precision": f["precision"],
         "device": f["device"],
     }
-    echo(f"knn: test top-1 {results['test']['top1']:.2f}% top-5 {results['test']['top5']:.2f}%")
+    echo(f"knn: {f['eval_name']} top-1 {results['test']['top1']:.2f}% top-5 {results['test']['top5']:.2f}%")
     write_json(f["run_dir"] / "knn.json", results)
     distributed.barrier()
     return results

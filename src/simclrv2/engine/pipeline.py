@@ -146,9 +146,9 @@ class Pipeline:
         pretrained: Path,
         student_init: Path | None = None,
     ) -> None:
-        """Distil ``teacher`` into ``student``. A self-distilled student starts from ``pretrained`` when
-        ``distill_init`` says so; any student starts from ``student_init`` when given (a checkpoint of its
-        backbone)."""
+        """Distil ``teacher`` into ``student``. A self-distilled student starts from ``pretrained`` or from
+        the teacher's backbone when ``distill_init`` says so; any student starts from ``student_init`` when
+        given (a checkpoint of its backbone)."""
         from simclrv2.engine.distill import distill
 
         slug = "self" if student == "same" else student
@@ -221,6 +221,7 @@ class Pipeline:
                     self.supervised(labels, seed)
         results = self.collect()
         results["command"] = self.command
+        sections = self.finish(results) if distributed.is_main_process() else {}
         results["wall_seconds"] = {
             **{k: round(v, 1) for k, v in self.wall.items()},
             "total": time.time() - t_start,
@@ -228,10 +229,15 @@ class Pipeline:
         results["cpu_seconds"] = {k: round(v, 1) for k, v in self.cpu.items()}
         write_json(self.root / "results.json", results)
         if distributed.is_main_process():
-            report = write_pipeline_report(self.root, results)
+            report = write_pipeline_report(self.root, results, sections)
             self.say(f"pipeline: report written to {report}")
         distributed.barrier()
         return results
+
+    def finish(self, results: dict[str, Any]) -> dict[str, str]:
+        """After the stages, before results.json and the report (main process only): a subclass may add to
+        ``results`` and return extra report sections (heading -> markdown). Nothing here."""
+        return {}
 
     def collect(self) -> dict[str, Any]:
         """The label-efficiency table (mean and std over seeds) and every stage's numbers."""
@@ -255,9 +261,11 @@ class Pipeline:
         }
         pre = next(r for r in self.records if r["kind"] == "pretrain")["results"]
         config = to_dict(self.c)
+        evaluated_on = {r["results"].get("evaluated_on") for r in self.records} - {None}
         return {
             "config": config,
             "dataset": self.c.data.name,
+            "evaluated_on": evaluated_on.pop() if len(evaluated_on) == 1 else "test",
             "columns": list(self.c.labels),
             "table": table,
             "summary": pipeline_summary(table, list(self.c.labels), config),
@@ -370,11 +378,15 @@ def _final_run(results: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def write_pipeline_report(root: Path, results: dict[str, Any]) -> Path:
+def write_pipeline_report(
+    root: Path, results: dict[str, Any], extra_sections: dict[str, str] | None = None
+) -> Path:
     """report.md + figures: the label-efficiency table and chart, training curves, confusion matrix and
-    a grid of test images with the best model's predictions."""
+    a grid of test images with the best model's predictions; ``extra_sections`` come first after them."""
     from simclrv2 import report
+    from simclrv2.data.datasets import folder_options
 
+    split = results.get("evaluated_on") or "test"  # "validation": a folder's held-out labeled images
     fig_dir = root / "figures"
     columns = results["columns"]
     table = {
@@ -391,7 +403,7 @@ def write_pipeline_report(root: Path, results: dict[str, Any]) -> Path:
         for row, cells in results["table"].items()
     }
     figures: dict[str, Path] = {}
-    figures["Top-1 test accuracy by label fraction"] = report.plot_label_efficiency(
+    figures[f"Top-1 {split} accuracy by label fraction"] = report.plot_label_efficiency(
         table, fig_dir / "label_efficiency.png", columns=columns
     )
     curves = {"pretrain": root / "pretrain" / "metrics.jsonl"}
@@ -399,31 +411,33 @@ def write_pipeline_report(root: Path, results: dict[str, Any]) -> Path:
         if rec["kind"] in ("finetune", "distill") and rec.get("seed") == results["config"]["label_seeds"][0]:
             curves[rec["name"]] = Path(rec["run_dir"]) / "metrics.jsonl"
     figures["Training curves"] = report.plot_training_curves(curves, fig_dir / "training_curves.png")
-    sections: dict[str, str] = {}
+    sections: dict[str, str] = dict(extra_sections or {})
     final = _final_run(results)
     if final is not None:
         preds = json.loads((Path(final["run_dir"]) / "predictions.json").read_text())
         classes = preds["classes"]
         cm = report.confusion_matrix(preds["label"], preds["pred"], len(classes))
         figures[f"Confusion matrix: {final['name']}"] = report.plot_confusion_matrix(
-            cm, classes, fig_dir / "confusion_matrix.png", title=f"{final['name']} (test)"
+            cm, classes, fig_dir / "confusion_matrix.png", title=f"{final['name']} ({split})"
         )
         data = results["config"]["data"]
         test = load_dataset(
             data["name"], "test", root=data["root"], image_size=data["load_size"],
             bad_images=data.get("bad_images", "fail"),
+            **folder_options(data),
         )  # fmt: skip
         n = min(32, len(preds["label"]))
         if test.images is not None:
             images = test.images[:n]
         else:
             images = torch.stack([test.dataset[i][0] for i in range(n)])  # type: ignore[index]
-        figures[f"Test images with predictions: {final['name']}"] = report.plot_prediction_grid(
+        caption = f"{split.capitalize()} images with predictions: {final['name']}"
+        figures[caption] = report.plot_prediction_grid(
             images, preds["label"][:n], preds["pred"][:n], classes, fig_dir / "predictions.png"
         )
         sections["Final model"] = (
-            f"{final['name']}: test top-1 {_top1(final['results']):.2f}% (`{final['run_dir']}`), the "
-            "recipe's last stage at the smallest label count (the figures above show it)."
+            f"{final['name']}: {split} top-1 {_top1(final['results']):.2f}% (`{final['run_dir']}`), "
+            "the recipe's last stage at the smallest label count (the figures above show it)."
         )
     untrained = [
         f"{row} at {col}" for row, cells in results["table"].items() for col, v in cells.items()

@@ -30,7 +30,17 @@ from simclrv2.checkpoint import (
     unwrap,
 )
 from simclrv2.config import ConfigError, PretrainConfig, save_config, to_dict
-from simclrv2.data import AugmentConfig, BatchLoader, ImageData, load_dataset, two_view_batch
+from simclrv2.data import (
+    AugmentConfig,
+    BatchLoader,
+    CropSpec,
+    ImageData,
+    distort_views,
+    load_dataset,
+    two_view_batch,
+)
+from simclrv2.data.datasets import folder_options
+from simclrv2.data.subsets import subset_data
 from simclrv2.engine.evaluate import extract_features, knn_classify, topk_accuracy
 from simclrv2.engine.memory import MEMORY_KEY, MomentumMemory
 from simclrv2.engine.runtime import (
@@ -83,6 +93,8 @@ class PretrainSetup:
     precision: str
     train: ImageData
     test: ImageData | None
+    knn_bank: ImageData
+    """The kNN monitor's memory bank: the labeled training images (all of them for fully labeled data)."""
     augment: AugmentConfig
     small_images: bool
     loader: BatchLoader
@@ -111,6 +123,7 @@ def prepare(config: PretrainConfig) -> PretrainSetup:
         seed=config.seed,
         image_size=config.data.load_size,
         bad_images=config.data.bad_images,
+        **folder_options(config.data),
     )
     train = load_dataset(
         config.data.name, config.data.train_split, synthetic_size=config.data.synthetic_size, **data_kwargs
@@ -130,6 +143,8 @@ def prepare(config: PretrainConfig) -> PretrainSetup:
         brightness_mode=config.augment.brightness_mode,
         blur=blur,
     )
+    labeled = train.labels >= 0  # a user's folder: the unlabeled pool (-1) cannot vote in the kNN monitor
+    knn_bank = train if bool(labeled.all()) else subset_data(train, labeled.nonzero().squeeze(1))
     loader = BatchLoader(
         train,
         batch_size=config.batch_size,
@@ -140,6 +155,10 @@ def prepare(config: PretrainConfig) -> PretrainSetup:
         rank=distributed.get_rank(),
         world_size=distributed.get_world_size(),
         num_workers=config.data.num_workers,
+        # streamed photos: two whole-image crops per image taken in the loader's workers (SPEC 5)
+        crops=CropSpec(
+            crop, views=2, scale=augment.crop_scale, ratio=augment.crop_ratio, flip_p=augment.flip_p
+        ),
     )
     steps_per_epoch = len(loader)
     total_steps = steps_per_epoch * config.epochs
@@ -153,8 +172,8 @@ def prepare(config: PretrainConfig) -> PretrainSetup:
     assert config.optim.base_lr is not None  # validate() requires a value outside fine-tuning
     peak_lr = scale_learning_rate(config.optim.base_lr, config.batch_size, config.optim.lr_scaling)
     return PretrainSetup(
-        config, device, precision, train, test, augment, small, loader, steps_per_epoch, total_steps,
-        warmup_steps, peak_lr,
+        config, device, precision, train, test, knn_bank, augment, small, loader, steps_per_epoch,
+        total_steps, warmup_steps, peak_lr,
     )  # fmt: skip
 
 
@@ -361,7 +380,11 @@ class _Trainer:
         set_learning_rate(self.optimizer, warmup_cosine(step, s.total_steps, s.warmup_steps, s.peak_lr))
         gen = step_generator(s.device, c.seed, step)
         shard = (distributed.get_rank(), distributed.get_world_size())
-        views = two_view_batch(images, s.augment, gen, shard=shard)  # this rank's rows of one global draw
+        if s.loader.crops_in_loader:  # the two views arrive cropped and flipped: colour on the device
+            views = distort_views(images, s.augment, gen, num_views=2, shard=shard)
+            labels = labels[: len(labels) // 2]
+        else:
+            views = two_view_batch(images, s.augment, gen, shard=shard)  # this rank's rows of one global draw
         with explain_out_of_memory(STAGE, step, c.batch_size, s.device, self.run_dir / CHECKPOINT_NAME):
             return contrastive_step(
                 self.module, self.optimizer, views, labels, c.temperature, s.device, s.precision,
@@ -374,7 +397,7 @@ class _Trainer:
         Every rank extracts a share of the features (all ranks must call this); rank 0 classifies and logs.
         """
         s, c = self.s, self.c
-        if s.test is None:
+        if s.test is None or len(s.knn_bank) == 0:
             return
         t0 = time.time()
         self.knn_step = step
@@ -389,7 +412,7 @@ class _Trainer:
             distributed=True,
         )
         train_f, train_l = extract_features(
-            backbone, s.train, limit=c.eval.knn_train_limit, desc="kNN bank", **kwargs
+            backbone, s.knn_bank, limit=c.eval.knn_train_limit, desc="kNN bank", **kwargs
         )
         test_f, test_l = extract_features(backbone, s.test, desc="kNN test", **kwargs)
         if not distributed.is_main_process():
