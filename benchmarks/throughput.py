@@ -897,7 +897,7 @@ def mode_stages(args: argparse.Namespace, ours: PathSpec) -> dict[str, Any]:
         return model.to(memory_format=torch.channels_last) if config.channels_last else model
 
     def timed_trainer(name: str, trainer: ClassifierTrainer) -> None:
-        batches = iter(trainer.loader.epoch(0))
+        batches = iter(trainer.loader.steps(0, trainer.total_steps))
 
         def step(i: int) -> None:
             images, labels = next(batches)
