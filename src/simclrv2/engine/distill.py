@@ -154,7 +154,13 @@ def distill(config: DistillConfig, resume: bool = False, show_progress: bool = T
         )
 
     assert config.optim.base_lr is not None  # validate() requires a value outside fine-tuning
-    batch = config.batch_size  # all training images: a batch larger than them is an error (BatchLoader)
+    batch = config.batch_size
+    if batch > len(train):
+        # Distillation trains on every image; the stream loader would repeat images inside one batch.
+        raise ValueError(
+            f"{train.name or 'dataset'} has {len(train)} images, fewer than one batch of {batch}: "
+            f"lower batch_size (e.g. --set batch_size={2 ** (len(train).bit_length() - 1)}) or use more data"
+        )
     settings = TrainSettings.from_config(
         config,
         stage=STAGE,
