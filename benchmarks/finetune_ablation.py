@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             res = (
                 json.loads(results_file.read_text())
                 if results_file.is_file()
-                else finetune(cfg, show_progress=False)
+                else finetune(cfg, resume=(run_dir / "last.pt").is_file(), show_progress=False)
             )
             rec = {
                 "column": column, "variant": name, "what": what, "top1": res["test"]["top1"],

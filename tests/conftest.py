@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny pretraining checkpoint made once per session through the CLI."""
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,17 @@ def pretrained_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("pretrain") / "run"
     assert main(["pretrain", *sets(*TINY_PRETRAIN, f"run_dir={run}")]) == 0
     return run / "last.pt"
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads() -> Iterator[None]:
+    """A test that sets torch's thread count (e.g. to 1 for a timing it documents) must not leave every later
+    test of the session on that count: on 2 cores that made the rest of the suite run on one."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 def _have_fashion_mnist() -> bool:
