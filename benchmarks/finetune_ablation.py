@@ -69,9 +69,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             what, overrides = VARIANTS[name]
             run_dir = col_dir / name
             cfg = load_config(FinetuneConfig, CONFIG, [f"run_dir={run_dir}", f"pretrained={args.pretrained}"])
+            settings = {"lr_grid": [1.0], "epochs_grid": [], **overrides}
             cfg = dataclasses.replace(
-                cfg, labels=column, label_index_file=str(index_file), from_layer=1, lr_grid=[1.0],
-                epochs_grid=[], **overrides,
+                cfg, labels=column, label_index_file=str(index_file), from_layer=1, **settings
             )  # fmt: skip
             t0 = time.time()
             results_file = run_dir / "results.json"

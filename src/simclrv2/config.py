@@ -399,6 +399,9 @@ class DistillConfig:
     ``teacher`` (the fine-tuned teacher's backbone; self-distillation only), ``auto`` (``teacher`` for a
     self-distilled student on a small budget, up to 10 epochs, else scratch: docs/distillation.md), or the
     path of a pretrain/finetune/distill checkpoint whose backbone fits the student."""
+    warm_start: bool = True
+    """When the student starts from a trained backbone (``student_init`` not scratch), fit its new linear
+    classifier to the teacher's predictions first (L-BFGS on frozen features; docs/distillation.md)."""
     temperature: float | None = None
     """Softmax temperature for teacher and student; None = 0.1 for self-distillation, 1.0 big-to-small."""
     alpha: float = 1.0

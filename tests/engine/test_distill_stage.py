@@ -105,3 +105,37 @@ def test_student_init_auto_starts_a_short_self_distillation_from_the_teacher() -
     assert resolve_student_init("other.pt", False, 2, "t.pt") == "other.pt"
     with pytest.raises(ConfigError, match="needs self-distillation"):
         resolve_student_init("teacher", False, 2, "t.pt")
+
+
+def test_warm_start_fits_the_students_classifier_to_a_teacher_it_can_express() -> None:
+    """A teacher that classifies linearly from the very backbone the student starts from (from_layer 0):
+    after the warm start the student's softened predictions are the teacher's (the fit is exact up to L-BFGS
+    tolerance), its classifier is the fitted one scaled by tau, and the backbone is untouched."""
+    from simclrv2.data.datasets import make_synthetic
+    from simclrv2.engine.classify import predict_logits
+    from simclrv2.engine.distill import warm_start_classifier
+    from simclrv2.engine.finetune import build_model, model_arch
+
+    torch.manual_seed(0)
+    arch = model_arch("r18_0.125x_sk0", True, 0, 0, 0, 10)
+    teacher, student = build_model(arch).eval(), build_model(arch)
+    with torch.no_grad():
+        teacher.classifier.weight.normal_(0.0, 2.0)  # a spread of confident and unsure predictions
+    student.backbone.load_state_dict(teacher.backbone.state_dict())
+    backbone_before = {k: v.clone() for k, v in student.backbone.state_dict().items()}
+    data = make_synthetic("train", size=200, image_size=16)
+    feature_pass = {"device": torch.device("cpu"), "precision": "fp32", "batch_size": 64,
+                    "crop_size": 16, "channels_last": False}  # fmt: skip
+    tau = 0.5
+    agreement = warm_start_classifier(student, teacher, data, tau, feature_pass, show_progress=False)
+    t, _ = predict_logits(teacher, data, show_progress=False, **feature_pass)
+    s, _ = predict_logits(student, data, show_progress=False, **feature_pass)
+    p_t, p_s = torch.softmax(t / tau, 1), torch.softmax(s / tau, 1)
+    assert (p_s - p_t).abs().max() < 0.05 and agreement > 90.0, (agreement, (p_s - p_t).abs().max())
+    for k, v in student.backbone.state_dict().items():
+        assert torch.equal(v, backbone_before[k]), k
+    # a random classifier, for contrast: the check above would fail without the fit
+    fresh = build_model(arch)
+    fresh.backbone.load_state_dict(teacher.backbone.state_dict())
+    r, _ = predict_logits(fresh, data, show_progress=False, **feature_pass)
+    assert (torch.softmax(r / tau, 1) - p_t).abs().max() > 0.3
