@@ -248,6 +248,11 @@ class FinetuneConfig:
     freeze_bn: bool = False
     """Keep every BatchNorm in eval mode (the pretraining's running statistics; γ and β still train) instead
     of the paper's train mode: an option for very small labeled sets (benchmarks/finetune_ablation.py)."""
+    warm_start: bool = True
+    """Fit the new classifier on the frozen features of the labeled images first (L-BFGS logistic
+    regression), then fine-tune everything; the paper starts it from zero (engine/warm_start.py)."""
+    warm_start_l2: float = 1e-3
+    """L2 penalty of that fit (features not standardised)."""
     epochs: int | None = None
     """None = the paper's rule: 60 epochs below 10% labels, 30 from 10% up (SPEC 4)."""
     batch_size: int | None = None

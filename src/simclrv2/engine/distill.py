@@ -20,9 +20,7 @@ from simclrv2.config import ConfigError, DistillConfig
 from simclrv2.data import ImageData
 from simclrv2.data.subsets import load_indices, subset_data
 from simclrv2.engine.classify import ClassifierTrainer, TrainSettings, check_run_dir, predict_logits
-from simclrv2.engine.evaluate import extract_features
 from simclrv2.engine.finetune import build_model, build_model_from_checkpoint, load_split_pair, model_arch
-from simclrv2.engine.linear_eval import fit_logistic_regression
 from simclrv2.engine.runtime import (
     autocast,
     device_type,
@@ -31,6 +29,7 @@ from simclrv2.engine.runtime import (
     resolve_precision,
     seed_everything,
 )
+from simclrv2.engine.warm_start import WARM_START_IMAGES, fit_classifier, warm_start_subset
 from simclrv2.losses import distillation_loss
 from simclrv2.models import parse_backbone_name
 from simclrv2.optim import scale_learning_rate
@@ -38,7 +37,6 @@ from simclrv2.optim import scale_learning_rate
 __all__ = ["distill", "resolve_student"]
 
 STAGE = "distill"
-WARM_START_IMAGES = 10_000  # images the student's classifier is fitted on before distillation
 
 
 def resolve_student(student: str, teacher_backbone: str) -> tuple[str, bool]:
@@ -87,42 +85,27 @@ def _init_student_from(model: nn.Module, path: str) -> None:
         )
 
 
-@torch.no_grad()
 def warm_start_classifier(
     student: nn.Module,
     teacher: nn.Module,
     train: ImageData,
     temperature: float,
-    settings: dict[str, Any],
+    feature_pass: dict[str, Any],
     show_progress: bool = True,
 ) -> float:
-    """Fit the student's new linear classifier to its teacher before distillation; returns the agreement.
+    """Fit the student's new classifier to its teacher before distillation (:mod:`.warm_start`): logistic
+    regression of the teacher's softened predictions P_T(y|x; tau) on the student's frozen h, scaled by tau.
+    Returns how often the fitted student and the teacher agree (top-1, %) on the images fitted on.
 
-    A student that starts from a trained backbone (the teacher's, or a pretrained one) still gets a freshly
-    initialised classifier, and a short distillation (the demo's half epoch) spends its budget relearning it
-    from the noisy targets of augmented views: 4-5 points below the teacher in the demo. Not in the paper
-    (its students train for 400 epochs from scratch): we fit the classifier by L-BFGS logistic regression on
-    the frozen student features h of up to :data:`WARM_START_IMAGES` training images (centre crops, a fixed
-    random subset) against the teacher's softened predictions P_T(y|x; tau), the distillation targets
-    (SPEC 6), and scale it by tau so that softmax(student logits / tau) is the fitted model.
-    ``settings``: device, precision, batch_size, crop_size, channels_last for the feature passes.
-    """
-    n = min(WARM_START_IMAGES, len(train))
-    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n].sort().values
-    sub = subset_data(train, pick)
-    common = dict(settings, show_progress=show_progress)
-    h, _ = extract_features(student.get_submodule("backbone"), sub, desc="warm start: h", **common)
-    t, _ = predict_logits(teacher, sub, desc="warm start: teacher", **common)
-    # Soft targets through F.cross_entropy's class-probability form; a tiny l2 keeps L-BFGS bounded when
-    # the targets are nearly one-hot (tau = 0.1).
-    w, b = fit_logistic_regression(
-        h, torch.softmax(t / temperature, dim=1), t.shape[1], l2=1e-6, max_iter=500
+    A short distillation from the teacher's backbone with a fresh classifier (the demo's half epoch) ended
+    4-5 points below its teacher; with the warm start it matches it (docs/distillation.md)."""
+    sub = warm_start_subset(train)
+    t, _ = predict_logits(teacher, sub, desc="teacher", show_progress=show_progress, **feature_pass)
+    # a tiny l2 keeps L-BFGS bounded where the targets are nearly one-hot (tau = 0.1)
+    fitted = fit_classifier(
+        student, sub, torch.softmax(t / temperature, dim=1), feature_pass, 1e-6, temperature, show_progress
     )
-    classifier = student.get_submodule("classifier")
-    assert isinstance(classifier, nn.Linear)
-    classifier.weight.copy_(w * temperature)
-    classifier.bias.copy_(b * temperature)
-    return float(((h @ w.T + b).argmax(1) == t.argmax(1)).float().mean()) * 100.0
+    return float((fitted.argmax(1) == t.argmax(1)).float().mean()) * 100.0
 
 
 def distill(config: DistillConfig, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:

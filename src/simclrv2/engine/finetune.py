@@ -31,6 +31,7 @@ from simclrv2.engine.runtime import (
     write_json,
 )
 from simclrv2.engine.tuning import candidates, choose_on_validation, search_verdict
+from simclrv2.engine.warm_start import fit_classifier, warm_start_subset
 from simclrv2.models import (
     FineTuneModel,
     ProjectionHead,
@@ -145,6 +146,14 @@ def _train_once(
     seed_everything(config.seed)  # every grid candidate and the final run start from the same state
     model = build_model(arch)
     load_pretrained_into(model, pretrained_state(pre, config.use_ema, config.pretrained))
+    if config.warm_start and not resume:  # a resumed run loads its own classifier
+        feature_pass = {
+            "device": device, "precision": precision, "batch_size": config.eval_batch_size,
+            "crop_size": config.data.image_size or train.image_shape[-1],
+            "channels_last": config.channels_last,
+        }  # fmt: skip
+        fit_classifier(model.to(device), warm_start_subset(train), None, feature_pass,
+                       config.warm_start_l2, show_progress=show_progress)  # fmt: skip
     return train_and_evaluate(
         config, STAGE, model, run_dir, train, evaluate_on, lr_multiplier, epochs, device, precision, resume,
         show_progress, {"arch": arch, **extra}, eval_name,

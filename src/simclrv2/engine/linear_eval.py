@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from simclrv2 import distributed
@@ -43,6 +42,7 @@ from simclrv2.engine.runtime import (
     seed_everything,
     write_json,
 )
+from simclrv2.engine.warm_start import fit_logistic_regression
 from simclrv2.models import Classifier, ResNet, create_backbone
 
 __all__ = [
@@ -71,31 +71,6 @@ def load_pretrained_backbone(path: str | Path, use_ema: bool = False) -> tuple[R
     except RuntimeError as err:
         raise CheckpointError(f"{path}: backbone weights do not fit: {str(err).splitlines()[0]}") from None
     return backbone, ckpt
-
-
-def fit_logistic_regression(
-    features: Tensor, labels: Tensor, num_classes: int, l2: float, max_iter: int = 100
-) -> tuple[Tensor, Tensor]:
-    """Multinomial logistic regression, full batch L-BFGS (strong Wolfe line search), from zero.
-
-    Minimises mean cross-entropy + ``l2``/2 · ‖W‖² (the bias is not penalised). Returns (W (C, D), b (C,)).
-    """
-    x = features.float()
-    w = torch.zeros(num_classes, x.shape[1], device=x.device, requires_grad=True)
-    b = torch.zeros(num_classes, device=x.device, requires_grad=True)
-    opt = torch.optim.LBFGS(
-        [w, b], lr=1.0, max_iter=max_iter, history_size=20, line_search_fn="strong_wolfe",
-        tolerance_grad=1e-6, tolerance_change=1e-9,
-    )  # fmt: skip
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(x @ w.T + b, labels) + 0.5 * l2 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return w.detach(), b.detach()
 
 
 def _standardise(train: Tensor, *others: Tensor) -> list[Tensor]:
