@@ -1,7 +1,7 @@
 """The demo's distillation, ablated on the demo's own teachers: does a short self-distillation from the
 teacher's backbone match its teacher, and what makes it (the classifier warm start, the temperature, the
 budget, the LR)? Each variant runs ``simclrv2 distill --config configs/fashion_mnist.yaml`` (the demo's
-distill section: half an epoch over the 60,000 training images, LARS 0.002 * sqrt(256), batch 256) on the
+distill section, at half an epoch over the 60,000 training images, LARS 0.002 * sqrt(256), batch 256) on the
 fine-tuned layer-1 teachers of a finished demo run, changing one setting.
 
     make demo DEMO_RUN=runs/demo_x                          # or any finished pipeline run of the demo config
@@ -25,13 +25,14 @@ DOC = ROOT / "docs" / "distillation.md"
 MARK_BEGIN, MARK_END = "<!-- distill-warm-start -->", "<!-- /distill-warm-start -->"
 
 # name -> (what changes, extra CLI arguments of `simclrv2 distill`)
+BUDGET = ["--set", "epochs=0.5"]  # every row: half an epoch unless it says otherwise (the demo runs 0.25)
 TAU01 = ["--temperature", "0.1"]  # the paper's self-distillation temperature (the demo's config sets 1.0)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "cold_tau0.1": ("a fresh classifier on the teacher's backbone, tau 0.1 (the previous demo)",
                     ["--set", "warm_start=false", *TAU01]),
     "cold": ("a fresh classifier on the teacher's backbone, tau 1.0", ["--set", "warm_start=false"]),
     "warm_tau0.1": ("classifier fitted to the teacher first, tau 0.1", TAU01),
-    "demo": ("classifier fitted to the teacher first, tau 1.0 (the demo)", []),
+    "demo": ("classifier fitted to the teacher first, tau 1.0 (the demo's settings)", []),
     "warm_1step": ("the demo's, stopped after 1 step (what the warm start alone gives)",
                    ["--set", "max_steps=1"]),
     "demo_2ep": ("the demo's, 4x the budget (2 epochs)", ["--set", "epochs=2"]),
@@ -50,7 +51,7 @@ def run(run_dir: Path, out_dir: Path, names: list[str], columns: list[str]) -> l
             dest = out_dir / COLUMNS[column] / name
             if not (dest / "results.json").is_file():
                 cmd = [sys.executable, "-m", "simclrv2", "distill", "--config", str(CONFIG), "--teacher",
-                       str(ft / "last.pt"), "--set", f"run_dir={dest}", *extra]  # fmt: skip
+                       str(ft / "last.pt"), "--set", f"run_dir={dest}", *BUDGET, *extra]  # fmt: skip
                 if (dest / "last.pt").is_file():
                     cmd.append("--resume")
                 subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)

@@ -99,7 +99,8 @@ def test_the_demo_config_at_reduced_size_fine_tuning_beats_supervised_at_10_labe
     print(table, results["summary"])
     runs = {r["kind"]: r["results"] for r in results["runs"] if r["kind"] in ("finetune", "supervised")}
     assert len(runs["finetune"]["lr_grid"]) == len(runs["supervised"]["lr_grid"]) == 2  # the same search
-    assert runs["finetune"]["epochs"] == runs["supervised"]["epochs"] == 30
+    assert runs["finetune"]["epochs"] == runs["supervised"]["epochs"] == config.finetune.epochs
+    assert config.finetune.epochs == config.supervised.epochs and config.finetune.epochs is not None
     assert all(r["trained"] for r in runs.values())
     finetuned, supervised = table["Fine-tuned (layer 1)"], table["Supervised (labels only)"]
     assert finetuned > 50.0 and finetuned > supervised + 5.0, table
