@@ -136,3 +136,19 @@ def test_finetune_applies_the_lr_rule_unless_the_lr_is_set(
     assert main(_ft(pretrained_checkpoint, tmp_path / "set", "max_steps=1", "optim.base_lr=0.01")) == 0
     chosen = json.loads((tmp_path / "set" / "results.json").read_text())
     assert chosen["peak_lr"] == pytest.approx(0.01 * 16**0.5)
+
+
+def test_warm_start_fits_the_classifier_before_fine_tuning(
+    pretrained_checkpoint: Path, tmp_path: Path
+) -> None:
+    """``warm_start: true``: the classifier starts as the logistic regression of the labels on the frozen
+    features (at a vanishing LR one step leaves it there), not at the paper's zero; off by default."""
+    from simclrv2.config import FinetuneConfig
+
+    assert FinetuneConfig().warm_start is False
+    tiny_lr = ("optim.base_lr=1e-12", "max_steps=1")
+    assert main(_ft(pretrained_checkpoint, tmp_path / "cold", *tiny_lr)) == 0
+    assert main(_ft(pretrained_checkpoint, tmp_path / "warm", *tiny_lr, "warm_start=true")) == 0
+    cold = load_checkpoint(tmp_path / "cold" / "last.pt")["model"]["classifier.weight"]
+    warm = load_checkpoint(tmp_path / "warm" / "last.pt")["model"]["classifier.weight"]
+    assert cold.abs().max() < 1e-6 < warm.abs().max()
