@@ -63,7 +63,7 @@ def test_malicious_pickles_are_refused_at_every_entry_point(
     pretrained = tiny_pipeline_run / STAGE_CHECKPOINTS["pretrain"]
     tried = 0
     for kind, evil in _malicious_files(tmp_path, marker).items():
-        init = sets(f"student_init={evil}")
+        init = sets(f"student_init={evil}", "batch_size=16")  # a batch the 32 images fill
         entry_points = {
             "finetune --pretrained": ["finetune", "--pretrained", str(evil), *data],
             "linear-eval --pretrained": ["linear-eval", "--pretrained", str(evil), *data],
