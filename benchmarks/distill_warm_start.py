@@ -19,6 +19,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.markers import splice_block
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "fashion_mnist.yaml"
 DOC = ROOT / "docs" / "distillation.md"
@@ -103,13 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.doc:
         machine = machine_description()
         block = (
-            f"{MARK_BEGIN}\n_`{command}` on {machine['cpu']} ({machine['threads']} threads), torch "
+            f"_`{command}` on {machine['cpu']} ({machine['threads']} threads), torch "
             f"{machine['torch']}, {records[0]['precision']}; test top-1 % of the student on the 10,000 test "
-            f"images, its change against its teacher in brackets; label seed 0._\n\n{table}{MARK_END}"
+            f"images, its change against its teacher in brackets; label seed 0._\n\n{table}"
         )
-        text = DOC.read_text()
-        head, rest = text.split(MARK_BEGIN, 1)
-        DOC.write_text(head + block + rest.split(MARK_END, 1)[1])
+        splice_block(DOC, MARK_BEGIN, MARK_END, block)
     return 0
 
 

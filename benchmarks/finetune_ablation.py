@@ -24,6 +24,8 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.markers import splice_block
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "fashion_mnist.yaml"
 DOC = ROOT / "docs" / "finetuning.md"
@@ -134,12 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         m = machine_description()
         command = "python benchmarks/finetune_ablation.py " + " ".join(sys.argv[1:] if argv is None else argv)
         block = (
-            f"{MARK_BEGIN}\n_`{command}` on {m['cpu']} ({m['threads']} threads), torch {m['torch']}; "
+            f"_`{command}` on {m['cpu']} ({m['threads']} threads), torch {m['torch']}; "
             "test top-1 % on the 10,000 test images, label seed 0, fine-tuned from head layer 1._\n\n"
-            f"{table}{MARK_END}"
+            f"{table}"
         )
-        head, rest = DOC.read_text().split(MARK_BEGIN, 1)
-        DOC.write_text(head + block + rest.split(MARK_END, 1)[1])
+        splice_block(DOC, MARK_BEGIN, MARK_END, block)
     return 0
 
 

@@ -33,6 +33,8 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.markers import splice_block
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "results" / "photo_loader.json"
 
@@ -280,10 +282,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def write_readme(text: str) -> None:
-    readme = README.read_text()
-    head, rest = readme.split(MARK_BEGIN, 1)
-    _, tail = rest.split(MARK_END, 1)
-    README.write_text(f"{head}{MARK_BEGIN}\n{text}\n{MARK_END}{tail}")
+    splice_block(README, MARK_BEGIN, MARK_END, text)
 
 
 def main(argv: list[str] | None = None) -> int:

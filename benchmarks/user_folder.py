@@ -26,6 +26,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.markers import splice_block
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SIMULATED = RESULTS / "label_efficiency_fashion_mnist.json"
@@ -194,12 +196,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def write_readme(text: str) -> None:
-    readme = README.read_text()
-    if MARK_BEGIN not in readme:
-        raise SystemExit(f"README.md has no {MARK_BEGIN} marker")
-    head, rest = readme.split(MARK_BEGIN, 1)
-    _, tail = rest.split(MARK_END, 1)
-    README.write_text(f"{head}{MARK_BEGIN}\n{text}\n{MARK_END}{tail}")
+    splice_block(README, MARK_BEGIN, MARK_END, text)
 
 
 def main(argv: list[str] | None = None) -> int:
