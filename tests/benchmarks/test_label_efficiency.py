@@ -71,6 +71,8 @@ def test_the_whole_driver_at_tiny_sizes(tmp_path: Path, monkeypatch: pytest.Monk
         "2",
     }
     assert {c["claim"][:3] for c in res["claims"]} >= {"(a)", "(b)", "(c)", "(d)"}
+    probe = [c for c in res["claims"] if "row 5 >= row 3" in c["claim"]]  # issue 16: FT vs linear probe
+    assert len(probe) == 2 and all("10/class: " in c["detail"] for c in probe)
     assert out.with_suffix(".png").stat().st_size > 10_000
     text = readme.read_text()
     assert "the previous table" not in text and text.endswith("after\n") and "| model: row |" in text
