@@ -13,13 +13,19 @@ DEMO_RUN ?= runs/demo/$(shell date +%Y%m%d-%H%M%S)
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# Two steps: what the pipeline needs (torch + the package: all `make demo` waits for), then the test tools
+# (pytest, ruff, mypy, onnx, and TensorFlow for tests/interop: another ~2 minutes of install).
+$(VENV)/.installed-run: pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "simclrv2 needs Python >= 3.10"'
 	@$(PYTHON) -m venv --help >/dev/null 2>&1 || { \
 	  echo "python3 venv module missing: installing python3-venv"; \
 	  apt-get update -q && apt-get install -y -q python3-venv; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.installed-run
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
@@ -33,7 +39,7 @@ data:
 	  sudo apt-get update -q && sudo apt-get install -y -q dataset-fashion-mnist; \
 	else echo "warning: cannot install dataset-fashion-mnist; put the IDX files under data/fashion-mnist/"; fi
 
-demo: setup data
+demo: $(VENV)/.installed-run data
 	$(BIN)/simclrv2 pipeline --config configs/fashion_mnist.yaml --set run_dir=$(DEMO_RUN)
 
 lint: setup
