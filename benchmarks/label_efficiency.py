@@ -391,6 +391,11 @@ def main(argv: list[str] | None = None) -> int:
         "teachers that benchmarks/distill_ablation.py needs first; run again without it to finish",
     )  # fmt: skip
     parser.add_argument(
+        "--write-partial", action="store_true",
+        help="with --skip-rows: still write the JSON, the chart and (with --readme) the README table from "
+        "the stages that ran, the skipped rows left out and named",
+    )  # fmt: skip
+    parser.add_argument(
         "--out",
         help="results JSON (default: benchmarks/results/label_efficiency_<data>.json "
         "for the full profile, <run-dir>/label_efficiency.json otherwise)",
@@ -422,10 +427,12 @@ def main(argv: list[str] | None = None) -> int:
     for model in profile["models"]:
         bench.rows(model)
     bench.curve()
-    if skip:
+    if skip and not args.write_partial:
         print(f"skipped rows {', '.join(skip)}: run again without --skip-rows for the results")
         return 0
     results = bench.collect()
+    if skip:
+        results["skipped_rows"] = [ROWS[k] for k in skip]
     results["wall_seconds"]["this_invocation"] = time.time() - t0
     results["claims"] = claims(results)
     official = args.profile == "full" and not args.overrides and args.run_dir is None
@@ -583,11 +590,14 @@ def write_readme(results: dict[str, Any], readme: Path) -> None:
     """Replace the README's table (between the markers) with this run's."""
     m = results["machine"]
     minutes = results["wall_seconds"]["stages_total"] / 60
+    skipped = results.get("skipped_rows")
     block = (
         f"{MARK_BEGIN}\n_`{results['command']}` on {m['cpu']} ({m['threads']} threads), torch {m['torch']}: "
         f"{minutes:.0f} min of stage wall time. Test top-1 % on the 10,000 test images, mean ± std over "
         f"label seeds {results['profile']['seeds']}; generated from "
-        "`benchmarks/results/label_efficiency_fashion_mnist.json`._\n\n"
+        "`benchmarks/results/label_efficiency_fashion_mnist.json`."
+        + (f" Not run this time: {'; '.join(skipped)}." if skipped else "")
+        + "_\n\n"
         + markdown(results)
         + "\n"
         + "".join(

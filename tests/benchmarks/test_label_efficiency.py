@@ -79,3 +79,9 @@ def test_the_whole_driver_at_tiny_sizes(tmp_path: Path, monkeypatch: pytest.Monk
     # A second run finds every stage finished and writes the same table.
     assert le.main([*argv, *(a for s in sets for a in ("--set", s))]) == 0
     assert json.loads(out.read_text())["table"] == res["table"]
+    # A partial table: a skipped row is left out and named.
+    partial = ["--skip-rows", "sup100", "--write-partial"]
+    assert le.main([*argv, *partial, *(a for s in sets for a in ("--set", s))]) == 0
+    part = json.loads(out.read_text())
+    assert not any(": 2." in row for row in part["table"]) and part["skipped_rows"] == [le.ROWS["sup100"]]
+    assert "Not run this time: 2. Supervised, 100% of the labels" in readme.read_text()
