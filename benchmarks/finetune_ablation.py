@@ -29,7 +29,7 @@ from benchmarks.markers import splice_block
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "fashion_mnist.yaml"
 DOC = ROOT / "docs" / "finetuning.md"
-MARK_BEGIN, MARK_END = "<!-- finetune-ablation -->", "<!-- /finetune-ablation -->"
+DOC_BLOCK = "finetune-ablation"  # --doc-block: which marked block of docs/finetuning.md to write
 
 # name -> (what changes, FinetuneConfig overrides); every variant fine-tunes from head layer 1 with one
 # (LR, epochs) candidate, no search, so that each row is one setting.
@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             what, overrides = VARIANTS[name]
             run_dir = col_dir / name
             cfg = load_config(FinetuneConfig, CONFIG, [f"run_dir={run_dir}", f"pretrained={args.pretrained}"])
-            settings = {"lr_grid": [1.0], "epochs_grid": [], **overrides}
+            # 30 epochs whatever the demo's config says (the table's rows are relative to it)
+            settings = {"lr_grid": [1.0], "epochs_grid": [], "epochs": 30, **overrides}
             cfg = dataclasses.replace(
                 cfg, labels=column, label_index_file=str(index_file), from_layer=1, **settings
             )  # fmt: skip
@@ -123,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", type=Path, default=Path("runs/finetune_ablation"))
     parser.add_argument("--out", type=Path, help="results JSON (default: <run-dir>/finetune_ablation.json)")
     parser.add_argument("--doc", action="store_true", help="write the table into docs/finetuning.md")
+    parser.add_argument(
+        "--doc-block", default=DOC_BLOCK,
+        help="the block of docs/finetuning.md to write, between <!-- NAME --> and <!-- /NAME -->",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     results = run(args)
     out = args.out or args.run_dir / "finetune_ablation.json"
@@ -140,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             "test top-1 % on the 10,000 test images, label seed 0, fine-tuned from head layer 1._\n\n"
             f"{table}"
         )
-        splice_block(DOC, MARK_BEGIN, MARK_END, block)
+        splice_block(DOC, f"<!-- {args.doc_block} -->", f"<!-- /{args.doc_block} -->", block)
     return 0
 
 
