@@ -18,7 +18,7 @@ Every stage runs in its own directory under ``--run-dir`` and is skipped when it
 interrupted benchmark continues where it stopped when the same command is run again (the wall time of each
 stage is recorded when it runs).
 
-    python benchmarks/label_efficiency.py                 # the whole table (about 2 hours on 2 CPU cores)
+    python benchmarks/label_efficiency.py                 # the whole table (hours on 2 CPU cores; README)
     python benchmarks/label_efficiency.py --profile fast  # 1 seed, 10 labels/class, ~10 min (CI test)
 """
 
