@@ -39,8 +39,9 @@ def test_overrides_are_parsed_as_yaml_scalars_and_nested() -> None:
     [
         ("epoch=3", "unknown config key epoch"),
         ("optim.lr=3", "unknown config key optim.lr"),
-        ("epochs=three", "epochs: expected int"),
-        ("epochs=2.5", "epochs: expected int"),
+        ("epochs=three", "epochs: expected float"),
+        ("batch_size=2.5", "batch_size: expected int"),
+        ("epochs=0", "epochs must be > 0"),
         ("channels_last=1", "channels_last: expected bool"),
         ("optim.base_lr=-0.1", "optim.base_lr must be > 0"),
         ("temperature=0", "temperature must be > 0"),

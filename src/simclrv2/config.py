@@ -129,7 +129,9 @@ class PretrainConfig:
 
     run_dir: str = "runs/pretrain"
     seed: int = 0
-    epochs: int = 100
+    epochs: float = 100
+    """Passes over the training images; fractions are allowed (``1.5``: the run stops, with its LR schedule
+    finished, after ``round(1.5 * steps_per_epoch)`` steps; the last epoch is then a partial one)."""
     batch_size: int = 512
     """Global batch size (both views of each image count once)."""
     temperature: float = 0.5
@@ -184,7 +186,7 @@ class PretrainConfig:
         for e in self.keep_epochs:
             if not 1 <= e <= self.epochs:
                 raise ConfigError(
-                    f"keep_epochs: {e} is not an epoch of this run (1 ... epochs={self.epochs}); "
+                    f"keep_epochs: {e} is not an epoch of this run (1 ... epochs={self.epochs:g}); "
                     "drop it or raise epochs."
                 )
         _check_positive("eval.knn_k", self.eval.knn_k)

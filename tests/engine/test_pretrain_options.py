@@ -1,5 +1,7 @@
-"""Pretraining options for speed and memory: ``compile`` and ``model.grad_checkpoint`` (--grad-checkpoint)."""
+"""Pretraining options: ``compile`` and ``model.grad_checkpoint`` (--grad-checkpoint) for speed and memory,
+``keep_epochs``, fractional ``epochs``."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,31 @@ def test_auto_precision_is_fp32_when_onednn_is_capped_below_bf16(monkeypatch: py
     assert not cpu_has_fast_bf16()
     assert resolve_precision("auto", torch.device("cpu")) == "fp32"
     assert resolve_precision("bf16", torch.device("cpu")) == "bf16"  # asked for explicitly: kept
+
+
+def test_fractional_epochs_end_the_schedule_mid_epoch_and_resume_exactly(tmp_path: Path) -> None:
+    """``epochs=1.5`` on 64 images at batch 16 (4 steps per epoch): 6 steps, the cosine LR finished, kNN run
+    on the final weights; killed after step 5 and resumed, the weights equal the uninterrupted run's."""
+    settings = [s for s in TINY if not s.startswith(("max_steps", "epochs"))]
+    base = [*settings, "epochs=1.5", "optim.warmup_epochs=0.25", "precision=fp32", "device=cpu"]
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main(["pretrain", *_sets(*base, f"run_dir={full}")]) == 0
+    ckpt = load_checkpoint(full / "last.pt", stage="pretrain")
+    assert ckpt["step"] == 6
+    import json
+
+    logged = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in logged if "lr" in r]
+    # 1 warmup step, then a cosine over the 5 others: the 6th step's LR is peak * (1 + cos(4/5 pi)) / 2
+    # (with the schedule of 2 epochs, 8 steps, it would be peak * (1 + cos(4/7 pi)) / 2: twice that)
+    peak = lrs[1]
+    cosine = [peak * (1 + math.cos(k / 5 * math.pi)) / 2 for k in (1, 2, 3, 4)]
+    assert lrs == pytest.approx([0.0, peak, *cosine])
+    assert any("knn_top1" in r for r in logged)
+    assert main(["pretrain", *_sets(*base, f"run_dir={cut}", "max_steps=5")]) == 0
+    assert load_checkpoint(cut / "last.pt", stage="pretrain")["step"] == 5
+    assert main(["pretrain", "--resume", *_sets(*base, f"run_dir={cut}")]) == 0
+    resumed = load_checkpoint(cut / "last.pt", stage="pretrain")
+    assert resumed["step"] == 6
+    for key, value in ckpt["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key

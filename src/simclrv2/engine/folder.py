@@ -186,8 +186,8 @@ def describe(splits: FolderSplits, config: PipelineConfig, why: dict[str, str], 
         reason = "your setting" if _is_set(user, key) else why[key]
         lines.append(f"recipe: {key} = {value} ({reason})")
     lines.append(
-        f"recipe: pretrain {config.pretrain.model.backbone}, {config.pretrain.epochs} epochs; fine-tune from "
-        f"head layer 1; distill into {', '.join(config.distill_students) or 'nothing'} for "
+        f"recipe: pretrain {config.pretrain.model.backbone}, {config.pretrain.epochs:g} epochs; "
+        f"fine-tune from head layer 1; distill into {', '.join(config.distill_students) or 'nothing'} for "
         f"{config.distill.epochs} epochs; run_dir {config.run_dir}"
     )
     return lines

@@ -161,12 +161,12 @@ def prepare(config: PretrainConfig) -> PretrainSetup:
         ),
     )
     steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * config.epochs
+    total_steps = max(1, round(steps_per_epoch * config.epochs))  # fractional epochs: a partial last epoch
     warmup_steps = round(config.optim.warmup_epochs * steps_per_epoch)
     if warmup_steps >= total_steps:
         raise ConfigError(
             f"optim.warmup_epochs={config.optim.warmup_epochs} is not shorter than the run "
-            f"(epochs={config.epochs}); set e.g. --set optim.warmup_epochs={config.epochs * 0.05:g} "
+            f"(epochs={config.epochs:g}); set e.g. --set optim.warmup_epochs={config.epochs * 0.05:g} "
             "(5% of the epochs, as in the paper)."
         )
     assert config.optim.base_lr is not None  # validate() requires a value outside fine-tuning
