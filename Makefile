@@ -1,4 +1,4 @@
-# make demo  - set up .venv and run the main job: the whole SimCLRv2 pipeline on Fashion-MNIST (~7 min with bf16, ~15-17 AVX2-only, 2 cores; README)
+# make demo  - set up .venv and run the main job: the whole SimCLRv2 pipeline on Fashion-MNIST (from a fresh clone ~7 min with bf16, ~13 AVX2-only, 2 cores; README)
 # make test  - set up .venv and run lint (ruff), types (mypy) and the test suite (pytest)
 PYTHON ?= python3
 VENV ?= .venv
