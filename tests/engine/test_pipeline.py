@@ -62,6 +62,20 @@ def test_tiny_synthetic_pipeline_runs_every_stage_then_skips_them(tmp_path: Path
     assert again["table"] == saved["table"]
     assert set(again["wall_seconds"]) == {"total"}
 
+    # Settings that do not change the numbers (where it runs, how often it logs) still reuse every stage...
+    operational = ["pretrain.device=cpu", "finetune.log_every_steps=5"]
+    moved = load_config(PipelineConfig, None, [*overrides, *operational])
+    assert Pipeline(moved, show_progress=False).run()["table"] == saved["table"]
+    # ...but a stage finished with other settings is never passed off as this config's: a clear error that
+    # names the stage, the setting and both values, before that stage's results are read.
+    finetune_results = tmp_path / "p" / "finetune" / "25pct" / "layer0" / "seed0" / "results.json"
+    before = finetune_results.read_bytes()
+    longer = load_config(PipelineConfig, None, [*overrides, "finetune.epochs=2"])
+    message = r"finished fine-tune 25% from layer 0 seed 0 run with other settings \(epochs: 1 there, 2 now\)"
+    with pytest.raises(ConfigError, match=message + r".*--set run_dir="):
+        Pipeline(longer, show_progress=False).run()
+    assert finetune_results.read_bytes() == before
+
 
 def test_bad_pipeline_config_fails_before_work(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="beyond the projection head"):

@@ -3,8 +3,9 @@ baseline -> report (SPEC sections 2, 4, 6 and the paper's label-efficiency table
 
 Every stage writes into its own directory under ``run_dir`` and is resumable on its own: a stage whose
 ``results.json`` exists is skipped (its numbers are read back), a stage with a ``last.pt`` but no results
-resumes, anything else starts. All stages after pretraining share one label subset per (labels, seed),
-saved once under ``run_dir/labels/``.
+resumes, anything else starts. A stage directory whose ``config.yaml`` holds other settings than the ones
+the stage would run with now raises :class:`ConfigError` instead of being reused. All stages after
+pretraining share one label subset per (labels, seed), saved once under ``run_dir/labels/``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from simclrv2 import distributed
-from simclrv2.config import PipelineConfig, to_dict
+from simclrv2.config import ConfigError, PipelineConfig, to_dict
 from simclrv2.data import load_dataset
 from simclrv2.engine.runtime import device_type, echo, write_json
 
@@ -33,6 +34,51 @@ def labels_slug(labels: str) -> str:
     """A directory name for a label spec: ``1%`` -> ``1pct``, ``10/class`` -> ``10-per-class``."""
     slug = labels.replace("%", "pct").replace("/class", "-per-class")
     return re.sub(r"[^A-Za-z0-9._-]", "_", slug)
+
+
+# Settings that do not change what a stage computes (where and how fast it runs, how often it logs) or that
+# the pipeline derives from run_dir (paths): a finished or interrupted stage may be reused across them.
+_REUSABLE_ACROSS = frozenset({
+    "run_dir", "pretrained", "teacher", "label_index_file", "device", "compile", "channels_last",
+    "log_every_steps", "checkpoint_every_steps", "eval_batch_size", "eval.batch_size",
+    "data.root", "data.download", "data.num_workers",
+})  # fmt: skip
+
+
+def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(values, dict):
+        return {prefix[:-1]: values}
+    return {k: v for key, sub in values.items() for k, v in _flatten(sub, f"{prefix}{key}.").items()}
+
+
+def _settings_changed(run_dir: Path, config: Any) -> list[tuple[str, Any, Any]]:
+    """``(key, saved, now)`` for every setting in which ``config`` differs from the one the stage in
+    ``run_dir`` ran with (its ``config.yaml``), ignoring :data:`_REUSABLE_ACROSS` and keys that only one
+    side has (a file written by an older version). A setting left to the stage (None or "auto" now) is not
+    compared: the stage saves what it resolved it to (e.g. fine-tuning's LR from the SPEC 4 rule), which
+    depends only on the other settings. Path-valued ``student_init`` counts as the same value."""
+    import yaml
+
+    saved_file = run_dir / "config.yaml"
+    if not saved_file.is_file():
+        return []
+    saved = _flatten(yaml.safe_load(saved_file.read_text()) or {})
+    now = _flatten(json.loads(json.dumps(to_dict(config))))  # tuples -> lists, as YAML has them
+
+    def norm(key: str, value: Any) -> Any:
+        named = ("scratch", "teacher", "pretrained")
+        if key == "student_init" and isinstance(value, str) and value not in named:
+            return "<a checkpoint>"
+        return value
+
+    return [
+        (key, saved[key], now[key])
+        for key in now
+        if key in saved
+        and key not in _REUSABLE_ACROSS
+        and now[key] not in (None, "auto")
+        and norm(key, saved[key]) != norm(key, now[key])
+    ]
 
 
 def _stage_dir_state(run_dir: Path, results_name: str) -> str:
@@ -68,9 +114,21 @@ class Pipeline:
         run_dir: Path,
         fn: Callable[[bool], dict[str, Any]],
         results_name: str = "results.json",
+        config: Any = None,
         **meta: Any,
     ) -> dict[str, Any]:
         state = _stage_dir_state(run_dir, results_name)
+        changed = _settings_changed(run_dir, config) if state != "new" and config is not None else []
+        if changed:
+            # Reusing it would put numbers from other settings under this config's name in the report.
+            key, saved, now = changed[0]
+            more = f" and {len(changed) - 1} other setting(s)" if len(changed) > 1 else ""
+            raise ConfigError(
+                f"{run_dir} holds a {'finished' if state == 'done' else 'started'} {name} run with other "
+                f"settings ({key}: {saved!r} there, {now!r} now{more}), so its results are not this "
+                f"config's. Give this run its own directory (--set run_dir=...), or delete {run_dir} to "
+                "run that stage again."
+            )
         if state == "done":
             self.say(f"pipeline: {name}: finished earlier, reading {run_dir / results_name}")
             results = json.loads((run_dir / results_name).read_text())
@@ -94,7 +152,7 @@ class Pipeline:
         cfg = dataclasses.replace(self.c.pretrain, run_dir=str(self.root / "pretrain"), seed=self.c.seed)
         cfg.validate()
         self._run_stage(
-            "pretrain", "pretrain", Path(cfg.run_dir), lambda resume: pretrain(cfg, resume=resume)
+            "pretrain", "pretrain", Path(cfg.run_dir), lambda resume: pretrain(cfg, resume=resume), config=cfg
         )
         return Path(cfg.run_dir) / "last.pt"
 
@@ -113,7 +171,7 @@ class Pipeline:
         cfg.validate()
         self._run_stage(
             "linear_eval", f"linear eval {labels} seed {seed}", run_dir, lambda _resume: linear_eval(cfg),
-            results_name="linear_eval.json", row="Linear eval", labels=labels, seed=seed,
+            results_name="linear_eval.json", config=cfg, row="Linear eval", labels=labels, seed=seed,
         )  # fmt: skip
 
     def finetune(self, pretrained: Path, labels: str, layer: int, seed: int) -> Path:
@@ -133,7 +191,7 @@ class Pipeline:
         self._run_stage(
             "finetune", f"fine-tune {labels} from layer {layer} seed {seed}", run_dir,
             lambda resume: finetune(cfg, resume=resume, show_progress=self.show_progress),
-            row=f"Fine-tuned (layer {layer})", labels=labels, seed=seed,
+            config=cfg, row=f"Fine-tuned (layer {layer})", labels=labels, seed=seed,
         )  # fmt: skip
         return run_dir / "last.pt"
 
@@ -168,7 +226,7 @@ class Pipeline:
         self._run_stage(
             "distill", f"distill {labels} -> {slug} seed {seed}", run_dir,
             lambda resume: distill(cfg, resume=resume, show_progress=self.show_progress),
-            row=row, labels=labels, seed=seed,
+            config=cfg, row=row, labels=labels, seed=seed,
         )  # fmt: skip
 
     def supervised(self, labels: str, seed: int) -> None:
@@ -188,7 +246,7 @@ class Pipeline:
         self._run_stage(
             "supervised", f"supervised {labels} seed {seed}", run_dir,
             lambda resume: supervised(cfg, resume=resume, show_progress=self.show_progress),
-            row="Supervised (labels only)", labels=labels, seed=seed,
+            config=cfg, row="Supervised (labels only)", labels=labels, seed=seed,
         )  # fmt: skip
 
     # -- everything ---------------------------------------------------------------------------------------
