@@ -70,11 +70,13 @@ def test_tiny_synthetic_pipeline_runs_every_stage_then_skips_them(tmp_path: Path
     # names the stage, the setting and both values, before that stage's results are read.
     finetune_results = tmp_path / "p" / "finetune" / "25pct" / "layer0" / "seed0" / "results.json"
     before = finetune_results.read_bytes()
+    config_before = (tmp_path / "p" / "config.yaml").read_bytes()
     longer = load_config(PipelineConfig, None, [*overrides, "finetune.epochs=2"])
     message = r"finished fine-tune 25% from layer 0 seed 0 run with other settings \(epochs: 1 there, 2 now\)"
     with pytest.raises(ConfigError, match=message + r".*--set run_dir="):
         Pipeline(longer, show_progress=False).run()
     assert finetune_results.read_bytes() == before
+    assert (tmp_path / "p" / "config.yaml").read_bytes() == config_before  # still the results' config
 
 
 def test_bad_pipeline_config_fails_before_work(tmp_path: Path) -> None:

@@ -41,8 +41,13 @@ def labels_slug(labels: str) -> str:
 _REUSABLE_ACROSS = frozenset({
     "run_dir", "pretrained", "teacher", "label_index_file", "device", "compile", "channels_last",
     "log_every_steps", "checkpoint_every_steps", "eval_batch_size", "eval.batch_size",
-    "data.root", "data.download", "data.num_workers",
+    "data.download", "data.num_workers", "data.cache_gb",
 })  # fmt: skip
+# data.root too, except for a user's images (imagefolder, folder), where the folder is the data set itself
+_FOLDER_DATASETS = ("imagefolder", "folder")
+# Left unset (None), these are resolved by the stage, which saves the value it chose (fine-tuning: the SPEC 4
+# LR for the architecture, the head layer for the label fraction); that value follows from the other settings.
+_RESOLVED_BY_STAGE = frozenset({"optim.base_lr", "from_layer"})
 
 
 def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
@@ -54,9 +59,9 @@ def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
 def _settings_changed(run_dir: Path, config: Any) -> list[tuple[str, Any, Any]]:
     """``(key, saved, now)`` for every setting in which ``config`` differs from the one the stage in
     ``run_dir`` ran with (its ``config.yaml``), ignoring :data:`_REUSABLE_ACROSS` and keys that only one
-    side has (a file written by an older version). A setting left to the stage (None or "auto" now) is not
-    compared: the stage saves what it resolved it to (e.g. fine-tuning's LR from the SPEC 4 rule), which
-    depends only on the other settings. Path-valued ``student_init`` counts as the same value."""
+    side has (a file written by an older version). A :data:`_RESOLVED_BY_STAGE` setting left unset now is
+    not compared (the file holds what the stage resolved it to). Path-valued ``student_init`` counts as the
+    same value."""
     import yaml
 
     saved_file = run_dir / "config.yaml"
@@ -71,12 +76,15 @@ def _settings_changed(run_dir: Path, config: Any) -> list[tuple[str, Any, Any]]:
             return "<a checkpoint>"
         return value
 
+    ignore = set(_REUSABLE_ACROSS)
+    if now.get("data.name") not in _FOLDER_DATASETS:
+        ignore.add("data.root")
     return [
         (key, saved[key], now[key])
         for key in now
         if key in saved
-        and key not in _REUSABLE_ACROSS
-        and now[key] not in (None, "auto")
+        and key not in ignore
+        and not (key in _RESOLVED_BY_STAGE and now[key] is None)
         and norm(key, saved[key]) != norm(key, now[key])
     ]
 
@@ -261,7 +269,9 @@ class Pipeline:
         (self.root / "labels").mkdir(exist_ok=True)
         from simclrv2.config import save_config
 
-        save_config(c, self.root / "config.yaml")
+        config_file = self.root / "config.yaml"
+        if not config_file.is_file():  # a rerun rewrites it once its stages have been accepted (below)
+            save_config(c, config_file)
         pretrained = self.pretrain()
         for labels in c.labels:
             for seed in c.label_seeds:
@@ -285,6 +295,7 @@ class Pipeline:
             "total": time.time() - t_start,
         }
         results["cpu_seconds"] = {k: round(v, 1) for k, v in self.cpu.items()}
+        save_config(c, config_file)
         write_json(self.root / "results.json", results)
         if distributed.is_main_process():
             report = write_pipeline_report(self.root, results, sections)
