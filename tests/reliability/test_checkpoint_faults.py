@@ -15,6 +15,7 @@ import torch
 from faultkit import (
     CHECKPOINTS,
     STAGE_CHECKPOINTS,
+    TINY_PIPELINE,
     TINY_PRETRAIN,
     WRITES,
     FaultLog,
@@ -190,3 +191,28 @@ def test_wrong_checkpoints_are_refused_with_a_clear_error(
     fault.record(CHECKPOINTS, "--resume onto another stage's checkpoint", "clear error (exit 2)")
     with pytest.raises(CheckpointError):
         load_checkpoint(truncated)
+
+
+def test_a_pipeline_rerun_with_other_settings_never_reuses_the_finished_stages(
+    tiny_pipeline_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], fault: FaultLog
+) -> None:
+    """The finished tiny pipeline, copied elsewhere (every path in its files now points at the old place),
+    rerun with the same settings: all reused; with a stage's setting changed: one clear error naming that
+    stage and setting, and the finished results untouched."""
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_pipeline_run, root)
+    results = root / "finetune" / "50pct" / "layer1" / "seed0" / "results.json"
+    before = results.read_bytes()
+    argv = ["pipeline", *sets(*TINY_PIPELINE, f"run_dir={root}")]
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    assert said.count("finished earlier") == 3 and "starting in" not in said  # all reused, paths aside
+    assert results.read_bytes() == before
+    code, err = _run([*argv, "--set", "finetune.epochs=4"], capsys)
+    assert code == 2 and "finished fine-tune 50% from layer 1 seed 0 run with other settings" in err, err
+    assert "(epochs: 3 there, 4 now)" in err and "--set run_dir=" in err
+    assert results.read_bytes() == before
+    fault.record(
+        CHECKPOINTS, "pipeline rerun into a finished run directory with another stage setting",
+        "clear error (exit 2) naming the stage and setting; finished results untouched",
+    )  # fmt: skip
