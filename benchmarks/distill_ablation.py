@@ -71,7 +71,12 @@ def run_variant(name: str, column: str, base: Any) -> dict[str, Any]:
     run_dir = Path("runs/distill_ablation") / labels_slug(column) / name
     results_file = run_dir / "results.json"
     t0 = time.time()
-    if results_file.is_file():  # finished before: read it back
+    if results_file.is_file():  # finished before: read it back, unless its teacher has been retrained since
+        if teacher.stat().st_mtime > results_file.stat().st_mtime:
+            raise SystemExit(
+                f"{results_file} was distilled from an older {teacher} (the teacher was retrained after it); "
+                "move runs/distill_ablation aside to rerun the ablation on the current teachers."
+            )
         res, wall = json.loads(results_file.read_text()), None
     else:
         cfg = dataclasses.replace(
