@@ -184,10 +184,14 @@ class Bench:
     # -- bookkeeping -------------------------------------------------------------------------------------
 
     def record_wall(self, root: Path, stage_dir: str, seconds: float) -> None:
+        import fcntl
+
         path = root / "stage_wall.json"
-        walls = json.loads(path.read_text()) if path.is_file() else {}
-        walls[stage_dir] = walls.get(stage_dir, 0.0) + seconds  # a resumed stage adds its second part
-        path.write_text(json.dumps(walls, indent=1))
+        with open(root / ".stage_wall.lock", "w") as lock:  # --only processes running side by side share it
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            walls = json.loads(path.read_text()) if path.is_file() else {}
+            walls[stage_dir] = walls.get(stage_dir, 0.0) + seconds  # a resumed stage adds its second part
+            path.write_text(json.dumps(walls, indent=1))
 
     def walls(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -205,6 +209,16 @@ class Bench:
             (pipe.root / "labels").mkdir(exist_ok=True)
             self.pretrained[name] = pipe.pretrain()
 
+    def search_results(self, model: str, key: str, column: str) -> Path:
+        """results.json of the run whose validation search chose row ``key``'s (ft0, ft1, sup) settings for
+        ``column``: the profile's first label seed."""
+        from simclrv2.engine.pipeline import labels_slug
+
+        seed = self.profile.get("search_seed", self.profile["seeds"][0])
+        slug = labels_slug(column)
+        stage = f"supervised/{slug}" if key == "sup" else f"finetune/{slug}/layer{key[-1]}"
+        return self.pipes[model].root / stage / f"seed{seed}" / "results.json"
+
     def _tuned(self, stage: str, column: str, chosen: dict[str, Any] | None) -> dict[str, Any]:
         if chosen is None:  # label seed 0: search
             return {"lr_grid": LR_GRID[stage], "epochs_grid": EPOCHS_GRID[stage][column]}
@@ -218,6 +232,12 @@ class Bench:
         small = next((m for m in self.profile["models"] if m["name"] != name), None)
         for column in self.profile["columns"]:
             chosen: dict[str, dict[str, Any] | None] = {"ft0": None, "ft1": None, "sup": None}
+            search_seed = self.profile.get("search_seed", self.profile["seeds"][0])
+            if search_seed not in self.profile["seeds"]:  # an --only slice of later seeds: reuse the choice
+                for key in ("ft0", "ft1", "sup"):
+                    if key in rows:
+                        found = self.search_results(name, key, column)
+                        chosen[key] = json.loads(found.read_text())
             for seed in self.profile["seeds"]:
                 if "linear" in rows:
                     pipe.linear_eval(pretrained, column, seed)
@@ -421,8 +441,41 @@ def main(argv: list[str] | None = None) -> int:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="pipeline setting for every model size, e.g. --set pretrain.epochs=20",
     )  # fmt: skip
+    parser.add_argument(
+        "--only", metavar="MODEL:COLUMNS:ROWS:SEEDS",
+        help="run one slice of the benchmark and stop, e.g. r18_0.25x:10%%:ft1,self:0 (comma-separated "
+        "lists; an empty field = all). Slices run side by side as separate processes use 2 cores "
+        "better than one process at the small batches of fine-tuning (with --threads 1); pretrain first "
+        "(--only-pretrain), run label seed 0's slices before the later seeds' (they reuse its validation "
+        "choice), then run the command without --only to collect the table",
+    )  # fmt: skip
+    parser.add_argument("--threads", type=int, help="torch threads for this process (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     profile = copy.deepcopy(PROFILES[args.profile])
+    profile["search_seed"] = profile["seeds"][0]
+    if args.only:
+        fields = args.only.split(":")
+        if len(fields) != 4:
+            parser.error(f"--only: expected MODEL:COLUMNS:ROWS:SEEDS, got {args.only!r}")
+        names = {m["name"]: m for m in profile["models"]}
+        model_name, columns, rows, seeds = fields
+        if model_name not in names:
+            parser.error(f"--only: unknown model {model_name!r}; the profile has {', '.join(names)}")
+        picked = [c for c in columns.split(",") if c] or profile["columns"]
+        wanted = [r for r in rows.split(",") if r] or names[model_name]["rows"]
+        bad = [c for c in picked if c not in profile["columns"]] + [r for r in wanted if r not in ROWS]
+        if bad:
+            parser.error(
+                f"--only: {bad} not in the profile (columns {profile['columns']}, rows {list(ROWS)})"
+            )
+        profile["columns"] = picked
+        profile["seeds"] = [int(x) for x in seeds.split(",") if x] or profile["seeds"]
+        # the other model stays (without rows): row 7's student starts from its pretraining
+        profile["models"] = [dict(m, rows=wanted if m["name"] == model_name else []) for m in names.values()]
     run_dir = Path(args.run_dir or profile["run_dir"])
     command = " ".join(
         ["python", "benchmarks/label_efficiency.py", *(sys.argv[1:] if argv is None else argv)]
@@ -432,6 +485,20 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--skip-rows: unknown rows {unknown}; choose from {', '.join(ROWS)}")
     bench = Bench(profile, run_dir, args.overrides, command, skip)
+    if args.only and profile["search_seed"] not in profile["seeds"]:
+        missing = [
+            str(path)
+            for m in profile["models"]
+            for key in ("ft0", "ft1", "sup")
+            if key in m["rows"]
+            for column in profile["columns"]
+            if not (path := bench.search_results(m["name"], key, column)).is_file()
+        ]
+        if missing:
+            parser.error(
+                f"--only: label seed {profile['search_seed']}'s validation search has not finished "
+                f"({missing[0]} is missing); run its slice first"
+            )
     t0 = time.time()
     bench.pretrain()
     if args.only_pretrain:
@@ -439,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for model in profile["models"]:
         bench.rows(model)
+    if args.only:
+        print(f"slice {args.only} done in {time.time() - t0:.0f} s; run without --only to collect the table")
+        return 0
     bench.curve()
     if skip and not args.write_partial:
         print(f"skipped rows {', '.join(skip)}: run again without --skip-rows for the results")

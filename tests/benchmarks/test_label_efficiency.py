@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: `benchmarks` package
 
@@ -85,3 +86,20 @@ def test_the_whole_driver_at_tiny_sizes(tmp_path: Path, monkeypatch: pytest.Monk
     part = json.loads(out.read_text())
     assert not any(": 2." in row for row in part["table"]) and part["skipped_rows"] == [le.ROWS["sup100"]]
     assert "Not run this time: 2. Supervised, 100% of the labels" in readme.read_text()
+
+    # The same rows as slices (--only), in a new run directory: label seed 1's slice refuses to start
+    # before seed 0's search has finished, then reuses its choice; the numbers equal the unsliced run's.
+    sliced = ["--profile", "tiny", "--run-dir", str(tmp_path / "sliced")]
+    sliced += [a for s in sets for a in ("--set", s)]
+    assert le.main([*sliced, "--only-pretrain"]) == 0
+    with pytest.raises(SystemExit) as refused:
+        le.main([*sliced, "--only", f"{big}:10/class:ft1:1"])
+    assert refused.value.code == 2
+    assert le.main([*sliced, "--only", f"{big}:10/class:ft1:0"]) == 0
+    threads = str(torch.get_num_threads())  # exercised, without changing the threads of later tests
+    assert le.main([*sliced, "--only", f"{big}:10/class:ft1:1", "--threads", threads]) == 0
+    for seed in (0, 1):
+        stage = f"{big}/finetune/10-per-class/layer1/seed{seed}/results.json"
+        whole = json.loads((tmp_path / "run" / stage).read_text())
+        part = json.loads((tmp_path / "sliced" / stage).read_text())
+        assert part["test"]["top1"] == whole["test"]["top1"] and part["lr_grid"] == whole["lr_grid"], seed
