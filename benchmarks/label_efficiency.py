@@ -447,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         "lists; an empty field = all). Slices run side by side as separate processes use 2 cores "
         "better than one process at the small batches of fine-tuning (with --threads 1); pretrain first "
         "(--only-pretrain), run label seed 0's slices before the later seeds' (they reuse its validation "
-        "choice), then run the command without --only to collect the table",
+        "choice; rows self and small need ft1 in the same slice, read back if finished), then run the "
+        "command without --only to collect the table",
     )  # fmt: skip
     parser.add_argument("--threads", type=int, help="torch threads for this process (default: torch's)")
     args = parser.parse_args(argv)
