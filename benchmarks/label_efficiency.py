@@ -468,10 +468,12 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--only: unknown model {model_name!r}; the profile has {', '.join(names)}")
         picked = [c for c in columns.split(",") if c] or profile["columns"]
         wanted = [r for r in rows.split(",") if r] or names[model_name]["rows"]
-        bad = [c for c in picked if c not in profile["columns"]] + [r for r in wanted if r not in ROWS]
+        own_rows = names[model_name]["rows"]
+        bad = [c for c in picked if c not in profile["columns"]] + [r for r in wanted if r not in own_rows]
         if bad:
             parser.error(
-                f"--only: {bad} not in the profile (columns {profile['columns']}, rows {list(ROWS)})"
+                f"--only: {bad} not in the profile (columns {profile['columns']}, rows of {model_name} "
+                f"{own_rows})"
             )
         profile["columns"] = picked
         profile["seeds"] = [int(x) for x in seeds.split(",") if x] or profile["seeds"]
