@@ -209,15 +209,20 @@ class Bench:
             (pipe.root / "labels").mkdir(exist_ok=True)
             self.pretrained[name] = pipe.pretrain()
 
+    @property
+    def search_seed(self) -> int:
+        """The label seed whose validation split chooses every row's settings: the profile's first (an
+        --only slice of later seeds keeps it in ``search_seed``)."""
+        return int(self.profile.get("search_seed", self.profile["seeds"][0]))
+
     def search_results(self, model: str, key: str, column: str) -> Path:
         """results.json of the run whose validation search chose row ``key``'s (ft0, ft1, sup) settings for
-        ``column``: the profile's first label seed."""
+        ``column``."""
         from simclrv2.engine.pipeline import labels_slug
 
-        seed = self.profile.get("search_seed", self.profile["seeds"][0])
         slug = labels_slug(column)
         stage = f"supervised/{slug}" if key == "sup" else f"finetune/{slug}/layer{key[-1]}"
-        return self.pipes[model].root / stage / f"seed{seed}" / "results.json"
+        return self.pipes[model].root / stage / f"seed{self.search_seed}" / "results.json"
 
     def _tuned(self, stage: str, column: str, chosen: dict[str, Any] | None) -> dict[str, Any]:
         if chosen is None:  # label seed 0: search
@@ -232,8 +237,7 @@ class Bench:
         small = next((m for m in self.profile["models"] if m["name"] != name), None)
         for column in self.profile["columns"]:
             chosen: dict[str, dict[str, Any] | None] = {"ft0": None, "ft1": None, "sup": None}
-            search_seed = self.profile.get("search_seed", self.profile["seeds"][0])
-            if search_seed not in self.profile["seeds"]:  # an --only slice of later seeds: reuse the choice
+            if self.search_seed not in self.profile["seeds"]:  # an --only slice of later seeds: its choice
                 for key in ("ft0", "ft1", "sup"):
                     if key in rows:
                         found = self.search_results(name, key, column)
@@ -488,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--skip-rows: unknown rows {unknown}; choose from {', '.join(ROWS)}")
     bench = Bench(profile, run_dir, args.overrides, command, skip)
-    if args.only and profile["search_seed"] not in profile["seeds"]:
+    if args.only and bench.search_seed not in profile["seeds"]:
         missing = [
             str(path)
             for m in profile["models"]
@@ -499,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if missing:
             parser.error(
-                f"--only: label seed {profile['search_seed']}'s validation search has not finished "
+                f"--only: label seed {bench.search_seed}'s validation search has not finished "
                 f"({missing[0]} is missing); run its slice first"
             )
     t0 = time.time()

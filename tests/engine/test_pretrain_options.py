@@ -1,6 +1,7 @@
 """Pretraining options: ``compile`` and ``model.grad_checkpoint`` (--grad-checkpoint) for speed and memory,
 ``keep_epochs``, fractional ``epochs``."""
 
+import json
 import math
 from pathlib import Path
 
@@ -69,8 +70,6 @@ def test_compile_wraps_the_training_module_and_checkpoints_stay_unwrapped(
 
 
 def test_keep_epochs_keeps_a_copy_of_those_epochs_checkpoints_with_knn(tmp_path: Path) -> None:
-    import json
-
     run = tmp_path / "run"
     settings = [s for s in TINY if not s.startswith(("max_steps", "epochs"))]
     argv = ["pretrain", *_sets(*settings, "epochs=3", "keep_epochs=[1, 2]", "eval.knn_every_epochs=0")]
@@ -110,8 +109,6 @@ def test_fractional_epochs_end_the_schedule_mid_epoch_and_resume_exactly(tmp_pat
     assert main(["pretrain", *_sets(*base, f"run_dir={full}")]) == 0
     ckpt = load_checkpoint(full / "last.pt", stage="pretrain")
     assert ckpt["step"] == 6
-    import json
-
     logged = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
     lrs = [r["lr"] for r in logged if "lr" in r]
     # 1 warmup step, then a cosine over the 5 others: the 6th step's LR is peak * (1 + cos(4/5 pi)) / 2
