@@ -20,6 +20,7 @@ stage is recorded when it runs).
 
     python benchmarks/label_efficiency.py                 # the whole table (hours on 2 CPU cores; README)
     python benchmarks/label_efficiency.py --profile fast  # 1 seed, 10 labels/class, ~10 min (CI test)
+    python benchmarks/label_efficiency.py --jobs 4        # the same table, slices as 4 processes at once
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import argparse
 import copy
 import dataclasses
 import json
+import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -224,9 +227,19 @@ class Bench:
         stage = f"supervised/{slug}" if key == "sup" else f"finetune/{slug}/layer{key[-1]}"
         return self.pipes[model].root / stage / f"seed{self.search_seed}" / "results.json"
 
+    @property
+    def grids(self) -> dict[str, Any]:
+        """The search grids: the module's, or a profile file's own (lr, epochs, full_supervised_epochs)."""
+        own = self.profile.get("grids", {})
+        return {
+            "lr": own.get("lr", LR_GRID),
+            "epochs": own.get("epochs", EPOCHS_GRID),
+            "full_supervised_epochs": own.get("full_supervised_epochs", FULL_SUPERVISED_EPOCHS),
+        }
+
     def _tuned(self, stage: str, column: str, chosen: dict[str, Any] | None) -> dict[str, Any]:
         if chosen is None:  # label seed 0: search
-            return {"lr_grid": LR_GRID[stage], "epochs_grid": EPOCHS_GRID[stage][column]}
+            return {"lr_grid": self.grids["lr"][stage], "epochs_grid": self.grids["epochs"][stage][column]}
         return {"lr_grid": [chosen["chosen_lr_multiplier"]], "epochs_grid": [chosen["chosen_epochs"]]}
 
     def rows(self, model: dict[str, Any]) -> None:
@@ -274,7 +287,7 @@ class Bench:
                 pipe.c.supervised = dataclasses.replace(
                     base_sup,
                     lr_grid=[chosen["sup"]["chosen_lr_multiplier"]],
-                    epochs_grid=[FULL_SUPERVISED_EPOCHS],
+                    epochs_grid=[self.grids["full_supervised_epochs"]],
                 )
                 pipe.supervised("100%", 0)
                 pipe.c.supervised = base_sup
@@ -392,7 +405,7 @@ class Bench:
             "table": table,
             "curve": curve,
             "models": models,
-            "grids": {"lr": LR_GRID, "epochs": EPOCHS_GRID, "full_supervised_epochs": FULL_SUPERVISED_EPOCHS},
+            "grids": self.grids,
             "common_settings": COMMON,
             "wall_seconds": {"stages_total": stage_seconds},
             "machine": machine_description(),
@@ -415,11 +428,33 @@ def _knn_at_step(metrics: Path, step: int) -> float | None:
     return best
 
 
+def load_profile(name: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """A named profile, or one from a JSON file (checked for the keys a run needs)."""
+    if name in PROFILES:
+        return copy.deepcopy(PROFILES[name])
+    path = Path(name)
+    if not path.is_file():
+        parser.error(f"--profile: {name!r} is neither {' nor '.join(sorted(PROFILES))} nor a JSON file")
+    try:
+        profile = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        parser.error(f"--profile: {path} is not valid JSON ({err})")
+    missing = [k for k in PROFILES["full"] if k not in profile and k != "curve_seeds"]
+    if not isinstance(profile, dict) or missing:
+        parser.error(f"--profile: {path} lacks {missing or 'a JSON object'} (see PROFILES in this script)")
+    return dict(profile)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    parser.add_argument(
+        "--profile", default="full", metavar="NAME|FILE.json",
+        help=f"{' or '.join(sorted(PROFILES))} (default: full), or a JSON file holding a profile of your "
+        "own: the keys of PROFILES in this script, and optionally 'grids' (lr, epochs, "
+        "full_supervised_epochs)",
+    )  # fmt: skip
     parser.add_argument("--run-dir", help="where every stage runs (default: the profile's)")
     parser.add_argument("--only-pretrain", action="store_true", help="pretrain every model size, then stop")
     parser.add_argument(
@@ -455,12 +490,21 @@ def main(argv: list[str] | None = None) -> int:
         "command without --only to collect the table",
     )  # fmt: skip
     parser.add_argument("--threads", type=int, help="torch threads for this process (default: torch's)")
+    parser.add_argument(
+        "--jobs", type=int, metavar="N",
+        help="pretrain (every core), then run the slices (model x column x seed x row group) as N processes "
+        "side by side, each with --threads (default: CPU cores / N, at least 1), label seed 0's before the "
+        "later seeds' that reuse its choice, each in its own process with its log under <run-dir>/jobs/; "
+        "then the curve and the table as without it",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    if args.threads:
+    if args.jobs is not None and (args.jobs < 1 or args.only or args.only_pretrain):
+        parser.error("--jobs: needs N >= 1 and goes without --only and --only-pretrain")
+    if args.threads and not args.jobs:  # with --jobs: the slices' threads
         import torch
 
         torch.set_num_threads(args.threads)
-    profile = copy.deepcopy(PROFILES[args.profile])
+    profile = load_profile(args.profile, parser)
     profile["search_seed"] = profile["seeds"][0]
     if args.only:
         fields = args.only.split(":")
@@ -507,6 +551,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"({missing[0]} is missing); run its slice first"
             )
     t0 = time.time()
+    if args.jobs:  # pretraining and slices in child processes; this one then reads them
+        base = ["--profile", args.profile, *(["--run-dir", args.run_dir] if args.run_dir else [])]
+        base += [a for s in args.overrides for a in ("--set", s)]
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = args.threads or max(1, cores // args.jobs)
+        failed = run_slices(slices(profile, skip), base, args.jobs, threads, run_dir / "jobs")
+        if failed:
+            print(f"{len(failed)} slice(s) failed; their logs: {', '.join(failed)}. Fix and run the command "
+                  "again: finished stages are kept", file=sys.stderr)  # fmt: skip
+            return 1
     bench.pretrain()
     if args.only_pretrain:
         print(f"pretrained in {time.time() - t0:.0f} s")
@@ -539,6 +593,109 @@ def main(argv: list[str] | None = None) -> int:
     if args.readme or (args.readme is None and official):
         write_readme(results, README)
     return 0
+
+
+# -- running slices side by side (--jobs) --------------------------------------------------------------
+
+# Rows that run in one slice: self and small distil the ft1 teacher of their own slice, sup100 reuses the
+# LR that sup's 10% search chose.
+ROW_GROUPS = [("ft1", "self", "small"), ("ft0",), ("sup", "sup100"), ("linear",)]
+
+
+PRETRAIN = "pretrain"  # the first slice (--only-pretrain, every core): every other one waits for it
+
+
+@dataclasses.dataclass
+class Slice:
+    spec: str  # the --only argument, or PRETRAIN
+    after: str | None  # the slice it needs: PRETRAIN, or the one whose validation search it reuses
+
+    def argv(self, threads: int) -> list[str]:
+        return (
+            ["--only-pretrain"] if self.spec == PRETRAIN else ["--only", self.spec, "--threads", str(threads)]
+        )
+
+
+def slices(profile: dict[str, Any], skip: tuple[str, ...] = ()) -> list[Slice]:
+    """The pretraining, then every --only slice of ``profile``, label seed 0's first: one per model, column,
+    seed and row group."""
+    search_seed = int(profile.get("search_seed", profile["seeds"][0]))
+
+    def spec(model: dict[str, Any], column: str, group: tuple[str, ...], seed: int) -> str | None:
+        rows = [r for r in group if r in model["rows"] and r not in skip]
+        if "sup100" in rows and (column != "10%" or seed != search_seed):
+            rows.remove("sup100")  # one run, with the LR of seed 0's 10% search
+        return f"{model['name']}:{column}:{','.join(rows)}:{seed}" if rows else None
+
+    out = [Slice(PRETRAIN, None)]
+    for seed in [search_seed, *(s for s in profile["seeds"] if s != search_seed)]:
+        for model in profile["models"]:
+            for column in profile["columns"]:
+                for group in ROW_GROUPS:
+                    this = spec(model, column, group, seed)
+                    if this is None:
+                        continue
+                    reuses = seed != search_seed and any(r in group for r in ("ft0", "ft1", "sup"))
+                    out.append(Slice(this, spec(model, column, group, search_seed) if reuses else PRETRAIN))
+    return out
+
+
+def run_slices(todo: list[Slice], base: list[str], jobs: int, threads: int, log_dir: Path) -> list[str]:
+    """Run ``todo`` as up to ``jobs`` processes at once, a slice only after the one it reuses finished;
+    returns the logs of the slices that failed (and names the ones not started because of them).
+
+    Each slice is a fresh interpreter running this script (not a fork: a forked child of a process whose
+    OpenMP or tqdm threads ran before can deadlock, as it did here), its output in its own log."""
+    import subprocess
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    done: set[str] = set()
+    failed: dict[str, str] = {}
+    running: dict[str, tuple[Any, float, str]] = {}
+    pending = list(todo)
+    total, t0 = len(todo), time.time()
+    print(f"{total} slices, {jobs} at a time, {threads} thread(s) each; logs in {log_dir}", flush=True)
+    try:
+        while pending or running:
+            while blocked := [s for s in pending if s.after in failed]:  # and what waits on those
+                for sl in blocked:
+                    pending.remove(sl)
+                    failed[sl.spec] = f"not started: {sl.after} did not finish"
+            ready = [s for s in pending if s.after is None or s.after in done]
+            if pending and not ready and not running:
+                raise RuntimeError(f"slices wait on slices that never run: {[s.spec for s in pending]}")
+            while ready and len(running) < jobs:
+                sl = ready.pop(0)
+                pending.remove(sl)
+                log = str(log_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', sl.spec)}.log")
+                with open(log, "ab") as out:
+                    proc = subprocess.Popen(
+                        [sys.executable, str(Path(__file__).resolve()), *base, *sl.argv(threads)],
+                        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                    )  # fmt: skip
+                running[sl.spec] = (proc, time.time(), log)
+                print(f"[{len(done) + len(failed)}/{total}] started {sl.spec}", flush=True)
+            time.sleep(0.5)
+            for spec, (proc, started, log) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[spec]
+                if proc.returncode == 0:
+                    done.add(spec)
+                    state = "done"
+                else:
+                    failed[spec] = log
+                    state = f"FAILED (exit {proc.returncode}, log {log})"
+                print(f"[{len(done) + len(failed)}/{total}] {state}: {spec} in {time.time() - started:.0f} s "
+                      f"({(time.time() - t0) / 60:.1f} min so far)", flush=True)  # fmt: skip
+    except BaseException:
+        for proc, _, _ in running.values():  # an interrupted benchmark: the stages resume on the next run
+            proc.terminate()
+            proc.wait()
+        raise
+    return [log for log in failed.values() if not log.startswith("not started")] + [
+        f"{spec} ({why})" for spec, why in failed.items() if why.startswith("not started")
+    ]
 
 
 # -- the chart and the tables ------------------------------------------------------------------------------

@@ -33,24 +33,29 @@ def test_fast_benchmark_fine_tuning_beats_supervised_at_10_labels_per_class(tmp_
     assert (run / "label_efficiency.png").stat().st_size > 10_000
 
 
-def test_the_whole_driver_at_tiny_sizes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_whole_driver_at_tiny_sizes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Every row, the curve, the JSON, the chart, the claims and the README block, on synthetic data."""
     profile = copy.deepcopy(le.PROFILES["full"])
     profile.update(columns=["10/class", "10%"], seeds=[0, 1], pretrain_epochs=2, curve_epochs=[1])
     profile.update(curve_columns=["10/class"])
     profile["models"][0]["backbone"] = "r18_0.125x_sk0"
     profile["models"][1]["backbone"] = "r18_0.0625x_sk0"
-    monkeypatch.setitem(le.PROFILES, "tiny", profile)
     tiny_epochs = {"10/class": [1, 2], "10%": [1]}
-    monkeypatch.setattr(le, "EPOCHS_GRID", {"finetune": tiny_epochs, "supervised": tiny_epochs})
-    monkeypatch.setattr(le, "FULL_SUPERVISED_EPOCHS", 1)
+    profile["grids"] = {
+        "epochs": {"finetune": tiny_epochs, "supervised": tiny_epochs},
+        "full_supervised_epochs": 1,
+    }
+    tiny = tmp_path / "tiny.json"  # a profile file: what the --jobs subprocesses read too
+    tiny.write_text(json.dumps(profile))
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\n{le.MARK_BEGIN}\nthe previous table\n{le.MARK_END}\n\nafter\n")
     monkeypatch.setattr(le, "README", readme)
     sets = ["data.name=synthetic", "data.synthetic_size=300", "pretrain.batch_size=64", "distill.epochs=1"]
     sets += [f"{stage}.batch_size=64" for stage in ("finetune", "supervised", "distill")]
     out = tmp_path / "res.json"
-    argv = ["--profile", "tiny", "--run-dir", str(tmp_path / "run"), "--out", str(out), "--readme"]
+    argv = ["--profile", str(tiny), "--run-dir", str(tmp_path / "run"), "--out", str(out), "--readme"]
     assert le.main([*argv, *(a for s in sets for a in ("--set", s))]) == 0
     res = json.loads(out.read_text())
     rows = {row.split(": ", 1)[1].split(".")[0] for row in res["table"]}
@@ -89,7 +94,7 @@ def test_the_whole_driver_at_tiny_sizes(tmp_path: Path, monkeypatch: pytest.Monk
 
     # The same rows as slices (--only), in a new run directory: label seed 1's slice refuses to start
     # before seed 0's search has finished, then reuses its choice; the numbers equal the unsliced run's.
-    sliced = ["--profile", "tiny", "--run-dir", str(tmp_path / "sliced")]
+    sliced = ["--profile", str(tiny), "--run-dir", str(tmp_path / "sliced")]
     sliced += [a for s in sets for a in ("--set", s)]
     assert le.main([*sliced, "--only-pretrain"]) == 0
     with pytest.raises(SystemExit) as refused:
@@ -103,3 +108,64 @@ def test_the_whole_driver_at_tiny_sizes(tmp_path: Path, monkeypatch: pytest.Monk
         whole = json.loads((tmp_path / "run" / stage).read_text())
         part = json.loads((tmp_path / "sliced" / stage).read_text())
         assert part["test"]["top1"] == whole["test"]["top1"] and part["lr_grid"] == whole["lr_grid"], seed
+    # --jobs on a smaller profile (the same stages, fewer of them: each slice is a fresh process), in the
+    # same directory: rows 1, 3, 5 at 10/class, seed 1's slices after seed 0's; the table's cells are the
+    # unsliced run's, to the digit.
+    small_profile = dict(
+        profile, columns=["10/class"], models=[dict(profile["models"][0], rows=["ft1", "sup", "linear"])]
+    )
+    (tmp_path / "small.json").write_text(json.dumps(small_profile))
+    small = ["--profile", str(tmp_path / "small.json"), *sliced[2:]]
+    jobs = [*small, "--jobs", "2", "--threads", threads]  # the in-process thread count: the same numerics
+    assert le.main(jobs) == 0
+    logs = sorted(p.stem for p in (tmp_path / "sliced" / "jobs").glob("*.log"))
+    assert len(logs) == len(le.slices(small_profile)) == 7 and "pretrain" in logs
+    table = json.loads((tmp_path / "sliced" / "label_efficiency.json").read_text())["table"]
+    assert set(table) == {f"{big}: {le.ROWS[r]}" for r in ("ft1", "sup", "linear")}
+    assert all(table[row]["10/class"] == res["table"][row]["10/class"] for row in table)
+    # A slice that fails is named with its log and the slices that need it are not started: here the
+    # pretraining, whose stage directory is a file.
+    failing = tmp_path / "failing"
+    (failing / big).mkdir(parents=True)
+    (failing / big / "pretrain").write_text("not a directory")
+    capsys.readouterr()
+    bad = ["--profile", str(tiny), "--run-dir", str(failing), *(a for s in sets for a in ("--set", s))]
+    assert le.main([*bad, "--jobs", "2"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"{len(le.slices(profile))} slice(s) failed" in err and str(failing / "jobs" / "pretrain.log") in err
+    )
+    assert "not started: pretrain did not finish" in err
+
+
+def test_jobs_slices_run_seed_0_first_and_every_row_once() -> None:
+    """The --jobs schedule of the full profile: pretraining first, then every row of every model, column
+    and seed in exactly one slice; a later seed's searched rows wait for seed 0's slice of the same rows;
+    row 2 runs once."""
+    profile = copy.deepcopy(le.PROFILES["full"])
+    todo = le.slices(profile)
+    assert todo[0] == le.Slice(le.PRETRAIN, None) and todo[0].argv(1) == ["--only-pretrain"]
+    specs = {s.spec for s in todo}
+    assert len(specs) == len(todo)
+    covered = []
+    for s in todo[1:]:
+        assert s.argv(3) == ["--only", s.spec, "--threads", "3"]
+        model, column, rows, seed = s.spec.split(":")
+        covered += [(model, column, row, int(seed)) for row in rows.split(",")]
+        if s.after != le.PRETRAIN:
+            assert s.after in specs and s.after.endswith(":0") and int(seed) != 0
+            assert todo.index(next(t for t in todo if t.spec == s.after)) < todo.index(s)
+        elif int(seed) != 0:
+            assert rows == "linear", s
+    expected = [
+        (m["name"], c, r, seed)
+        for m in profile["models"] for c in profile["columns"] for r in m["rows"] for seed in profile["seeds"]
+        if r != "sup100" or (c == "10%" and seed == 0)
+    ]  # fmt: skip
+    assert sorted(covered) == sorted(expected)
+    assert (
+        "r18_0.25x:10%:sup:1" in specs
+        and next(s.after for s in todo if s.spec == "r18_0.25x:10%:sup:1") == "r18_0.25x:10%:sup,sup100:0"
+    )
+    skipped = le.slices(profile, skip=("self", "small"))
+    assert not any("self" in s.spec or "small" in s.spec for s in skipped)

@@ -148,16 +148,16 @@ def split_validation(
 
 def save_indices(path: str | Path, indices: Tensor) -> None:
     """Plain text, one index per line (readable, diffable, shareable between stages). Written atomically
-    by the main process only (every rank derives the same indices; one writes them)."""
+    by the main process only (every rank derives the same indices; one writes them), through a temp file of
+    this process's own, so that stages run side by side that draw the same subset cannot collide."""
+    from simclrv2.checkpoint import atomic_write_text
     from simclrv2.distributed import is_main_process
 
     if not is_main_process():
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(f"{int(i)}\n" for i in indices.tolist()))
-    tmp.replace(path)
+    atomic_write_text(path, "".join(f"{int(i)}\n" for i in indices.tolist()))
 
 
 def load_indices(path: str | Path, dataset_size: int | None = None) -> Tensor:
