@@ -439,10 +439,12 @@ def load_profile(name: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
         profile = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         parser.error(f"--profile: {path} is not valid JSON ({err})")
+    if not isinstance(profile, dict):
+        parser.error(f"--profile: {path} holds no JSON object (see PROFILES in this script)")
     missing = [k for k in PROFILES["full"] if k not in profile and k != "curve_seeds"]
-    if not isinstance(profile, dict) or missing:
-        parser.error(f"--profile: {path} lacks {missing or 'a JSON object'} (see PROFILES in this script)")
-    return dict(profile)
+    if missing:
+        parser.error(f"--profile: {path} lacks {missing} (see PROFILES in this script)")
+    return profile
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -558,8 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         threads = args.threads or max(1, cores // args.jobs)
         failed = run_slices(slices(profile, skip), base, args.jobs, threads, run_dir / "jobs")
         if failed:
-            print(f"{len(failed)} slice(s) failed; their logs: {', '.join(failed)}. Fix and run the command "
-                  "again: finished stages are kept", file=sys.stderr)  # fmt: skip
+            print(f"{len(failed)} slice(s) failed or not started: {', '.join(failed)}. Fix and run the "
+                  "command again: finished stages are kept", file=sys.stderr)  # fmt: skip
             return 1
     bench.pretrain()
     if args.only_pretrain:

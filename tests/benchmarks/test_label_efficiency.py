@@ -132,9 +132,8 @@ def test_the_whole_driver_at_tiny_sizes(
     bad = ["--profile", str(tiny), "--run-dir", str(failing), *(a for s in sets for a in ("--set", s))]
     assert le.main([*bad, "--jobs", "2"]) == 1
     err = capsys.readouterr().err
-    assert (
-        f"{len(le.slices(profile))} slice(s) failed" in err and str(failing / "jobs" / "pretrain.log") in err
-    )
+    assert f"{len(le.slices(profile))} slice(s) failed or not started" in err
+    assert str(failing / "jobs" / "pretrain.log") in err
     assert "not started: pretrain did not finish" in err
 
 
