@@ -168,11 +168,12 @@ def pool_accuracy(run_dir: Path) -> dict[str, float]:
 
 
 def markdown(result: dict[str, Any]) -> str:
+    seeds = max(cell["simulated"]["n"] for cell in result["rows"].values())
     lines = [
         f"_`{result['command']}` on {result['machine']['cpu']} ({result['machine']['threads']} threads), "
         f"torch {result['machine']['torch']}: {result['wall_seconds'] / 60:.0f} min. Test top-1 % on the "
         "10,000 test images, 10 labels per class; simulated = `benchmarks/label_efficiency.py` (labels "
-        "hidden in the training split), mean ± std over label seeds 0-2 and seed 0 alone._",
+        f"hidden in the training split), mean ± std over its {seeds} label seeds, and seed 0 alone._",
         "",
         "| row | folder (`pipeline --data`), seed 0 | simulated, seed 0 | simulated, mean ± std "
         "| within 2 std |",
