@@ -73,6 +73,8 @@ EPOCHS_GRID = {
 }
 FULL_SUPERVISED_EPOCHS = 15  # row 2: 60,000 labels; LR = the one chosen for the 10% column
 
+SEARCHED_ROWS = ("ft0", "ft1", "sup")  # the rows that choose their settings on seed 0's validation split
+
 ROWS = {
     "sup": "1. Supervised, labeled subset only",
     "sup100": "2. Supervised, 100% of the labels",
@@ -189,12 +191,14 @@ class Bench:
     def record_wall(self, root: Path, stage_dir: str, seconds: float) -> None:
         import fcntl
 
+        from simclrv2.checkpoint import atomic_write_text
+
         path = root / "stage_wall.json"
         with open(root / ".stage_wall.lock", "w") as lock:  # --only processes running side by side share it
             fcntl.flock(lock, fcntl.LOCK_EX)
             walls = json.loads(path.read_text()) if path.is_file() else {}
             walls[stage_dir] = walls.get(stage_dir, 0.0) + seconds  # a resumed stage adds its second part
-            path.write_text(json.dumps(walls, indent=1))
+            atomic_write_text(path, json.dumps(walls, indent=1))  # a kill mid-write leaves the old file
 
     def walls(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -214,9 +218,7 @@ class Bench:
 
     @property
     def search_seed(self) -> int:
-        """The label seed whose validation split chooses every row's settings: the profile's first (an
-        --only slice of later seeds keeps it in ``search_seed``)."""
-        return int(self.profile.get("search_seed", self.profile["seeds"][0]))
+        return search_seed(self.profile)
 
     def search_results(self, model: str, key: str, column: str) -> Path:
         """results.json of the run whose validation search chose row ``key``'s (ft0, ft1, sup) settings for
@@ -251,7 +253,7 @@ class Bench:
         for column in self.profile["columns"]:
             chosen: dict[str, dict[str, Any] | None] = {"ft0": None, "ft1": None, "sup": None}
             if self.search_seed not in self.profile["seeds"]:  # an --only slice of later seeds: its choice
-                for key in ("ft0", "ft1", "sup"):
+                for key in SEARCHED_ROWS:
                     if key in rows:
                         found = self.search_results(name, key, column)
                         chosen[key] = json.loads(found.read_text())
@@ -428,6 +430,12 @@ def _knn_at_step(metrics: Path, step: int) -> float | None:
     return best
 
 
+def search_seed(profile: dict[str, Any]) -> int:
+    """The label seed whose validation split chooses every row's settings: the profile's first (an --only
+    slice of later seeds keeps it in ``search_seed``)."""
+    return int(profile.get("search_seed", profile["seeds"][0]))
+
+
 def load_profile(name: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """A named profile, or one from a JSON file (checked for the keys a run needs)."""
     if name in PROFILES:
@@ -542,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         missing = [
             str(path)
             for m in profile["models"]
-            for key in ("ft0", "ft1", "sup")
+            for key in SEARCHED_ROWS
             if key in m["rows"]
             for column in profile["columns"]
             if not (path := bench.search_results(m["name"], key, column)).is_file()
@@ -621,24 +629,24 @@ class Slice:
 def slices(profile: dict[str, Any], skip: tuple[str, ...] = ()) -> list[Slice]:
     """The pretraining, then every --only slice of ``profile``, label seed 0's first: one per model, column,
     seed and row group."""
-    search_seed = int(profile.get("search_seed", profile["seeds"][0]))
+    first = search_seed(profile)
 
     def spec(model: dict[str, Any], column: str, group: tuple[str, ...], seed: int) -> str | None:
         rows = [r for r in group if r in model["rows"] and r not in skip]
-        if "sup100" in rows and (column != "10%" or seed != search_seed):
+        if "sup100" in rows and (column != "10%" or seed != first):
             rows.remove("sup100")  # one run, with the LR of seed 0's 10% search
         return f"{model['name']}:{column}:{','.join(rows)}:{seed}" if rows else None
 
     out = [Slice(PRETRAIN, None)]
-    for seed in [search_seed, *(s for s in profile["seeds"] if s != search_seed)]:
+    for seed in [first, *(s for s in profile["seeds"] if s != first)]:
         for model in profile["models"]:
             for column in profile["columns"]:
                 for group in ROW_GROUPS:
                     this = spec(model, column, group, seed)
                     if this is None:
                         continue
-                    reuses = seed != search_seed and any(r in group for r in ("ft0", "ft1", "sup"))
-                    out.append(Slice(this, spec(model, column, group, search_seed) if reuses else PRETRAIN))
+                    reuses = seed != first and any(r in group for r in SEARCHED_ROWS)
+                    out.append(Slice(this, spec(model, column, group, first) if reuses else PRETRAIN))
     return out
 
 
@@ -652,17 +660,18 @@ def run_slices(todo: list[Slice], base: list[str], jobs: int, threads: int, log_
 
     log_dir.mkdir(parents=True, exist_ok=True)
     done: set[str] = set()
-    failed: dict[str, str] = {}
+    failed: dict[str, str] = {}  # spec -> its log
+    blocked: dict[str, str] = {}  # spec -> the slice it waited for, which did not finish
     running: dict[str, tuple[Any, float, str]] = {}
     pending = list(todo)
     total, t0 = len(todo), time.time()
     print(f"{total} slices, {jobs} at a time, {threads} thread(s) each; logs in {log_dir}", flush=True)
     try:
         while pending or running:
-            while blocked := [s for s in pending if s.after in failed]:  # and what waits on those
-                for sl in blocked:
+            while stuck := [s for s in pending if s.after in failed or s.after in blocked]:
+                for sl in stuck:
                     pending.remove(sl)
-                    failed[sl.spec] = f"not started: {sl.after} did not finish"
+                    blocked[sl.spec] = str(sl.after)
             ready = [s for s in pending if s.after is None or s.after in done]
             if pending and not ready and not running:
                 raise RuntimeError(f"slices wait on slices that never run: {[s.spec for s in pending]}")
@@ -676,7 +685,7 @@ def run_slices(todo: list[Slice], base: list[str], jobs: int, threads: int, log_
                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                     )  # fmt: skip
                 running[sl.spec] = (proc, time.time(), log)
-                print(f"[{len(done) + len(failed)}/{total}] started {sl.spec}", flush=True)
+                print(f"[{len(done) + len(failed) + len(blocked)}/{total}] started {sl.spec}", flush=True)
             time.sleep(0.5)
             for spec, (proc, started, log) in list(running.items()):
                 if proc.poll() is None:
@@ -688,15 +697,17 @@ def run_slices(todo: list[Slice], base: list[str], jobs: int, threads: int, log_
                 else:
                     failed[spec] = log
                     state = f"FAILED (exit {proc.returncode}, log {log})"
-                print(f"[{len(done) + len(failed)}/{total}] {state}: {spec} in {time.time() - started:.0f} s "
+                ended = len(done) + len(failed) + len(blocked)
+                print(f"[{ended}/{total}] {state}: {spec} in {time.time() - started:.0f} s "
                       f"({(time.time() - t0) / 60:.1f} min so far)", flush=True)  # fmt: skip
     except BaseException:
         for proc, _, _ in running.values():  # an interrupted benchmark: the stages resume on the next run
             proc.terminate()
             proc.wait()
         raise
-    return [log for log in failed.values() if not log.startswith("not started")] + [
-        f"{spec} ({why})" for spec, why in failed.items() if why.startswith("not started")
+    return [
+        *failed.values(),
+        *(f"{spec} (not started: {after} did not finish)" for spec, after in blocked.items()),
     ]
 
 
